@@ -1,0 +1,134 @@
+"""Safe reading and atomic writing of tensor files.
+
+Every output lands through a temporary file in the target folder and an atomic rename, so a run
+killed at any moment leaves either the previous complete file or none (ComfyUI lists every file
+in models/ and would offer a half-written one). Pickled formats load only with
+``weights_only=True``; safetensors headers are validated before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import BoothError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp_path)`` and atomically move the result to ``path``."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write a .safetensors file atomically (tensors made contiguous, metadata values as strings)."""
+    contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=meta))
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """Validate and return (tensor entries, metadata) of a safetensors file without loading tensors.
+
+    Checks the header length, that it is JSON, and that every tensor's offsets lie inside the file
+    and agree with its dtype and shape, so a truncated download or hostile header is refused
+    before any memory is allocated for it.
+    """
+    file = Path(path)
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise BoothError(f"{file} is not a safetensors file (only {size} bytes). Re-download or re-export it.")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
+            raise BoothError(f"{file} is not a valid safetensors file (its header claims {header_len} bytes; "
+                             f"the file has {size}). It is truncated or not a safetensors file.")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BoothError(f"{file} is not a valid safetensors file (unreadable header).") from None
+    if not isinstance(header, dict):
+        raise BoothError(f"{file} is not a valid safetensors file (header is not a table).")
+    metadata = header.pop("__metadata__", None) or {}
+    data_len = size - 8 - header_len
+    for name, entry in header.items():
+        try:
+            start, end = entry["data_offsets"]
+            count = 1
+            for dim in entry["shape"]:
+                count *= int(dim)
+            expected = count * _DTYPE_BYTES[entry["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            raise BoothError(f"{file}: tensor {name!r} has a malformed header entry.") from None
+        if not (0 <= start <= end <= data_len) or end - start != expected:
+            raise BoothError(f"{file} is truncated or corrupt: tensor {name!r} lies outside the file's data "
+                             f"({data_len} bytes). Re-download or re-export it.")
+    return header, {str(k): str(v) for k, v in metadata.items()}
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a tensor file as (state dict, metadata); pickles only through ``weights_only=True``."""
+    file = Path(path)
+    if not file.is_file():
+        raise BoothError(f"File not found: {file}")
+    suffix = file.suffix.lower()
+    if suffix == ".safetensors":
+        _, metadata = read_safetensors_header(file)
+        try:
+            tensors = load_file(str(file))
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise BoothError(f"{file} could not be read as safetensors ({exc}). It may be truncated or corrupt.") from None
+        return tensors, metadata
+    if suffix in PICKLE_SUFFIXES:
+        try:
+            loaded = torch.load(str(file), map_location="cpu", weights_only=True, mmap=False)
+        except Exception as exc:
+            raise BoothError(f"{file} could not be loaded safely ({type(exc).__name__}: {str(exc)[:200]}). Only plain "
+                             "tensor checkpoints are accepted; files that need arbitrary code are refused. "
+                             "Convert it to .safetensors with a tool you trust.") from None
+        return _unwrap_pickled_state_dict(loaded, file), {}
+    raise BoothError(f"{file}: unsupported file type {suffix!r}; expected .safetensors, .ckpt, .pt, .pth or .bin.")
+
+
+def _unwrap_pickled_state_dict(loaded: object, file: Path) -> dict[str, torch.Tensor]:
+    """Old checkpoints nest the weights under 'state_dict'; keep only tensors."""
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise BoothError(f"{file} does not hold a table of tensors.")
+    return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
