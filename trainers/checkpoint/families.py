@@ -100,9 +100,9 @@ def _refuse_other_kinds(keys: set[str], name: str) -> None:
 
 
 def _cross_attention_dim(state_dict: dict[str, torch.Tensor]) -> int:
-    for key, value in state_dict.items():
+    for key in state_dict:
         if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight"):
-            return int(value.shape[1])
+            return int(state_dict[key].shape[1])
     raise BoothError("The UNet has no cross-attention layers; it is not a text-to-image Stable Diffusion model.")
 
 
