@@ -267,7 +267,8 @@ def test_fp16_default_dtype_and_metadata(tmp_path):
     assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("4", "2")
     assert (meta["ss_base_model_version"], meta["ss_v2"]) == ("sd_v2", "True")
     assert meta["modelspec.sai_model_spec"] == "1.0.0"
-    assert meta["modelspec.architecture"] == "stable-diffusion-v2/lora"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v2-512/lora"  # the epsilon SD2 variant
+    assert meta["ss_v_parameterization"] == "False"
     assert meta["modelspec.implementation"] == "diffusers" and meta["modelspec.title"] == "subject"
     assert (meta["ss_steps"], meta["ss_training_comment"]) == ("500", "sks dog")
     assert meta["ss_network_dropout"] == "0.1" and "ss_network_args" not in meta

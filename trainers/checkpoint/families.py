@@ -49,6 +49,13 @@ FAMILIES: dict[str, FamilySpec] = {
 VARIANTS = ("", "_tiny")
 
 
+def modelspec_architecture(family: str, prediction_type: str) -> str:
+    """The modelspec name; SD 2.x is named by its variant (512 epsilon or 768 v-prediction)."""
+    if family == "sd2":
+        return "stable-diffusion-v2-768-v" if prediction_type == "v_prediction" else "stable-diffusion-v2-512"
+    return FAMILIES[family].modelspec_architecture
+
+
 @functools.lru_cache(maxsize=None)
 def architecture(family: str, tiny: bool = False) -> dict:
     """The architecture config (unet, vae, text_encoders, scheduler, resolution) kept as data in the repo."""

@@ -10,7 +10,7 @@ import torch
 from ..files import save_tensors
 from . import keymap
 from .components import SDComponents
-from .families import FAMILIES, architecture
+from .families import FAMILIES, architecture, modelspec_architecture
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -60,6 +60,6 @@ def save_checkpoint(components: SDComponents, path: str | os.PathLike, *, dtype:
     state = to_original_state_dict(components)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    meta = {"modelspec.architecture": FAMILIES[components.family].modelspec_architecture,
+    meta = {"modelspec.architecture": modelspec_architecture(components.family, components.prediction_type),
             "modelspec.prediction_type": components.prediction_type, **(metadata or {})}
     return save_tensors(state, path, meta)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint.components import SDComponents
-from ..checkpoint.families import FAMILIES, architecture
+from ..checkpoint.families import FAMILIES, architecture, modelspec_architecture
 from ..errors import BoothError
 from ..files import load_tensors, save_tensors
 from .names import parts, saved_names
@@ -110,7 +110,7 @@ def lora_state_dict(components: SDComponents, settings: LoraSettings) -> dict[st
     return state
 
 
-def kohya_metadata(family: str, settings: LoraSettings, title: str) -> dict[str, str]:
+def kohya_metadata(family: str, settings: LoraSettings, title: str, prediction_type: str = "epsilon") -> dict[str, str]:
     """The metadata kohya's scripts write, so tools that show or sort LoRAs by it recognise ours."""
     spec = FAMILIES[family]
     meta = {
@@ -119,9 +119,10 @@ def kohya_metadata(family: str, settings: LoraSettings, title: str) -> dict[str,
         "ss_network_alpha": _number(settings.alpha),
         "ss_base_model_version": spec.kohya_base_version,
         "ss_v2": str(family == "sd2"),
+        "ss_v_parameterization": str(prediction_type == "v_prediction"),
         "ss_training_comment": "",
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{spec.modelspec_architecture}/lora",
+        "modelspec.architecture": f"{modelspec_architecture(family, prediction_type)}/lora",
         "modelspec.implementation": _IMPLEMENTATION.get(family, "diffusers"),
         "modelspec.title": title,
         "booth.lora_settings": json.dumps(asdict(settings)),
@@ -141,7 +142,7 @@ def save_lora(components: SDComponents, settings: LoraSettings, path: str | os.P
     if target.suffix.lower() != ".safetensors":
         raise BoothError(f"LoRA output {target} must end in .safetensors (the format ComfyUI and kohya load).")
     tensors = {key: value.to(dtype) for key, value in lora_state_dict(components, settings).items()}
-    meta = {**kohya_metadata(components.family, settings, target.stem), **(metadata or {})}
+    meta = {**kohya_metadata(components.family, settings, target.stem, components.prediction_type), **(metadata or {})}
     return save_tensors(tensors, target, meta)
 
 
