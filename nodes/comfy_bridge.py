@@ -1,0 +1,155 @@
+"""The only module that knows ComfyUI's objects: MODEL/CLIP/VAE <-> state dicts, folders, progress.
+
+ComfyUI is imported inside functions so that importing the pack (at ComfyUI start-up, or in tests
+without ComfyUI) stays cheap and never fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from ..trainers.errors import BoothError
+from ..trainers.progress import Progress
+
+PROGRESS_EVENT = "booth.progress"
+_SAFE_NAME = re.compile(r"[^\w\-. ]+", re.UNICODE)
+
+
+def tokenizer_dir() -> str | None:
+    """ComfyUI's own CLIP vocabulary folder, so nothing extra is needed inside ComfyUI."""
+    import comfy.sd1_clip
+
+    folder = Path(comfy.sd1_clip.__file__).with_name("sd1_tokenizer")
+    return str(folder) if (folder / "vocab.json").is_file() else None
+
+
+def graph_state_dict(model, clip, vae) -> dict[str, torch.Tensor]:
+    """The original-layout checkpoint that the graph's MODEL/CLIP/VAE hold, patches (LoRAs) applied.
+
+    Mirrors what ComfyUI's own Save Checkpoint does, without writing a file.
+    """
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([model, clip.load_model()], force_patch_weights=True)
+    state = model.state_dict_for_saving(clip.state_dict_for_saving(), vae.get_sd(), None)
+    return {k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(v)).detach().to("cpu").clone()
+            for k, v in state.items()}
+
+
+def lora_folder() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_folder_paths("loras")[0])
+
+
+def checkpoint_folder() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_folder_paths("checkpoints")[0])
+
+
+def input_folder() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_input_directory())
+
+
+def output_folder() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_output_directory())
+
+
+def safe_output_path(folder: Path, name: str, suffix: str, overwrite: bool, widget: str) -> Path:
+    """``folder/name.suffix`` with the name cleaned: no path traversal, no silent overwrite."""
+    stem = _SAFE_NAME.sub("_", Path(name.strip()).name).strip(" .")
+    if stem.lower().endswith(suffix):
+        stem = stem[: -len(suffix)]
+    if not stem:
+        raise BoothError(f"{widget} is empty; give the output a name, e.g. 'my_subject'.")
+    path = folder / f"{stem}{suffix}"
+    if path.exists() and not overwrite:
+        raise BoothError(f"{widget}: {path.name} already exists in {folder}. Choose another name or turn on overwrite.")
+    return path
+
+
+def apply_lora(model, clip, lora_path: Path, strength_model: float, strength_clip: float):
+    """The graph's MODEL/CLIP with a LoRA file applied the way the standard Load LoRA node does it."""
+    import comfy.sd
+    import comfy.utils
+
+    lora = comfy.utils.load_torch_file(str(lora_path), safe_load=True)
+    return comfy.sd.load_lora_for_models(model, clip, lora, strength_model, strength_clip)
+
+
+def free_memory() -> None:
+    import comfy.model_management
+
+    comfy.model_management.soft_empty_cache()
+
+
+def image_to_comfy(images: torch.Tensor) -> torch.Tensor:
+    """Booth and ComfyUI both use BHWC float in [0, 1]; make it contiguous float32 on the CPU."""
+    return images.detach().to("cpu", torch.float32).clamp(0, 1).contiguous()
+
+
+class ComfyProgress(Progress):
+    """Forwards training events to ComfyUI's progress bar, the Cancel button and the web extension."""
+
+    def __init__(self, node_id: str | None, title: str) -> None:
+        self.node_id, self.title = node_id, title
+        self._bar = None
+        self._started = time.perf_counter()
+        self._losses: list[float] = []
+
+    def on_start(self, total_steps: int) -> None:
+        import comfy.utils
+
+        self._bar = comfy.utils.ProgressBar(total_steps, node_id=self.node_id)
+        self._started = time.perf_counter()
+        self._send({"event": "start", "total": total_steps})
+
+    def on_step(self, step: int, total: int, loss: float, lr: float) -> None:
+        self._losses.append(loss)
+        if self._bar is not None:
+            self._bar.update_absolute(step, total)
+        elapsed = time.perf_counter() - self._started
+        eta = elapsed / max(1, len(self._losses)) * (total - step)
+        self._send({"event": "step", "step": step, "total": total, "loss": loss, "lr": lr, "eta": eta})
+
+    def on_sample(self, step: int, images: torch.Tensor) -> None:
+        if self._bar is not None and images.shape[0]:
+            from PIL import Image
+
+            first = (image_to_comfy(images[:1])[0].numpy() * 255).round().astype("uint8")
+            self._bar.update_absolute(step, None, ("PNG", Image.fromarray(first), 512))
+
+    def on_message(self, text: str) -> None:
+        self._send({"event": "message", "text": text})
+
+    def should_stop(self) -> bool:
+        import comfy.model_management
+
+        return comfy.model_management.processing_interrupted()
+
+    def _send(self, payload: dict) -> None:
+        try:
+            from server import PromptServer
+        except ImportError:
+            return
+        if PromptServer.instance is not None:
+            PromptServer.instance.send_sync(PROGRESS_EVENT, {"node": self.node_id, "title": self.title, **payload})
+
+
+def relative_to_input(path_text: str, widget: str) -> Path:
+    """A folder widget: an absolute path, or a path inside ComfyUI's input folder."""
+    text = path_text.strip().strip('"')
+    if not text:
+        raise BoothError(f"{widget} is empty; give a folder of images (a path, or a subfolder of ComfyUI's input folder).")
+    path = Path(os.path.expanduser(text))
+    return path if path.is_absolute() else input_folder() / path
