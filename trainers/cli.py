@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from .errors import BoothError
 
@@ -61,6 +60,113 @@ def cmd_make_test_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    """A YAML file, or the flags; ``--set name=value`` overrides either."""
+    from .config import TrainConfig, apply_overrides, load_config
+
+    if args.config:
+        config = load_config(args.config)
+    else:
+        config = TrainConfig(method=args.method)
+    flags = {"base": args.base, "images": args.images, "instance_prompt": args.instance_prompt,
+             "prior.class_prompt": args.class_prompt, "prior.class_images": args.class_images,
+             "steps": args.steps, "data.resolution": args.resolution, "lora.rank": args.rank,
+             "learning_rate": args.learning_rate, "output": args.out, "output_dir": args.output_dir,
+             "seed": args.seed}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.class_prompt:
+        overrides.append("prior.enabled=true")
+    if args.config and args.method_given:
+        overrides.append(f"method={args.method}")
+    return apply_overrides(config, overrides + list(args.set or []))
+
+
+def _stop_on_signals(progress):
+    """Ctrl-C / SIGTERM ask the loop to stop after the current step (it then saves a resumable state);
+    a second Ctrl-C aborts at once."""
+    import signal
+
+    requested = []
+    original = progress.should_stop
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        progress.on_message("stopping after this step and saving (Ctrl-C again to abort)")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    progress.should_stop = lambda: bool(requested) or original()
+    return progress
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .progress import ConsoleProgress
+    from .train import train
+
+    config = _train_config(args)
+    if args.dry_run:
+        from .config import dump_config
+
+        print(dump_config(config.validate().resolved()), end="")
+        return 0
+    result = train(config, _stop_on_signals(ConsoleProgress(every=args.log_every)), resume=args.resume or False)
+    print(f"{'stopped' if result.stopped else 'done'}: {result.steps} steps in {result.seconds:.1f} s, "
+          f"peak memory {result.peak_memory_bytes / 2**30:.2f} GiB -> {result.output}")
+    if result.stopped and result.state:
+        print(f"resume with the same command plus --resume (state: {result.state})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .progress import ConsoleProgress
+
+    summary = run_demo(args.out_dir, steps=args.steps, progress=ConsoleProgress(every=10))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+class _MethodAction(argparse.Action):
+    """Remembers that --method was typed, so it can override a YAML file's method."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.method_given = True
+
+
+def _add_train_parser(verbs) -> None:
+    p = verbs.add_parser("train", help="train a LoRA / DreamBooth-LoRA / DreamBooth from a checkpoint and images",
+                         description="Train from flags, or from a YAML config (examples/*.yaml) with --set "
+                                     "overrides. Ctrl-C stops within a step and saves a resumable state.")
+    p.add_argument("config", nargs="?", help="YAML config file (flags and --set override it)")
+    p.add_argument("--method", choices=("lora", "dreambooth_lora", "dreambooth"), default="dreambooth_lora",
+                   action=_MethodAction)
+    p.add_argument("--base", help="base checkpoint (.safetensors / .ckpt, original single-file layout)")
+    p.add_argument("--images", help="folder of instance images (kohya 'N_token class' subfolders, .txt captions)")
+    p.add_argument("--instance-prompt", help="e.g. 'a photo of sks dog'")
+    p.add_argument("--class-prompt", help="e.g. 'a photo of dog' (turns on prior preservation)")
+    p.add_argument("--class-images", help="folder of class images (missing ones are generated and kept there)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--rank", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="output LoRA .safetensors (default <output-dir>/<method>.safetensors)")
+    p.add_argument("--output-dir", help="work folder: caches, samples, loss.png, losses.csv, resumable state")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="any config field, e.g. lora.alpha=8")
+    p.add_argument("--resume", action="store_true", help="continue from <output-dir>/state.pt")
+    p.add_argument("--log-every", type=int, default=10, help="print a progress line every N steps")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(run=cmd_train, method_given=False)
+
+    p = verbs.add_parser("demo", help="the whole pipeline on a tiny random model and synthetic images (offline)")
+    p.add_argument("--out-dir", default="outputs/demo")
+    p.add_argument("--steps", type=int, default=100)
+    p.set_defaults(run=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainers",
                                      description="Booth: fine-tune Stable Diffusion (LoRA, DreamBooth) offline.")
@@ -88,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.set_defaults(run=cmd_make_test_model)
+    _add_train_parser(verbs)
     return parser
 
 
