@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -144,6 +145,14 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
 
 
 def _font(size: int):
+    """DejaVu Sans as bundled with matplotlib (clear spacing, wide unicode coverage); Pillow's default otherwise."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if candidate.is_file():
+            return ImageFont.truetype(str(candidate), size)
     return ImageFont.load_default(size=size)
 
 
