@@ -99,3 +99,30 @@ def test_plain_ckpt_loads_through_weights_only(tiny_checkpoint, tmp_path):
     torch.save({"state_dict": state, "global_step": 10}, path)
     components = load_components(path)
     assert components.family == "sd15"
+
+
+def test_atomic_write_leaves_no_partial_file_and_normal_permissions(tmp_path):
+    import os
+
+    from trainers.files import atomic_write, save_tensors
+
+    target = tmp_path / "out.safetensors"
+    save_tensors({"x": torch.ones(2)}, target)
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_current_umask())
+
+    def fail(tmp):
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, fail)
+    assert load_tensors(target)[0]["x"].tolist() == [1.0, 1.0]  # the previous complete file survives
+    assert sorted(os.listdir(tmp_path)) == ["out.safetensors"]  # no temporary left behind
+
+
+def _current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -50,7 +50,7 @@ class ConsoleProgress(Progress):
 
     def on_step(self, step: int, total: int, loss: float, lr: float) -> None:
         if self._first_step is None:  # a resumed run starts counting from where it resumed
-            self._first_step, self._started = step - 1, time.perf_counter()
+            self._first_step = step - 1
         self._window.append(loss)
         if step % self.every and step != total:
             return
