@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -81,6 +81,15 @@ class LoraConfig:
 
 
 @dataclass
+class DreamBoothConfig:
+    """Full fine-tune (method: dreambooth) settings beyond what every method shares."""
+
+    train_text_encoder_steps: int = 0  # 0: frozen; N: trained for the first N steps only (from the start it overfits)
+    use_ema: bool = False  # save an exponential moving average of the UNet (costs one more UNet copy in memory)
+    ema_decay: float = 0.999  # ~1/(1-decay) steps of memory; 0.999 suits runs of about 1000 steps
+
+
+@dataclass
 class SampleConfig:
     """Preview images during training; same prompts and seeds every time so they are comparable."""
 
@@ -94,7 +103,7 @@ class SampleConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything one training run needs; nested sections group data, prior, LoRA and preview settings."""
+    """Everything one training run needs; nested sections group data, prior, LoRA, DreamBooth and preview settings."""
 
     method: str = "dreambooth_lora"
     base: str = ""
@@ -125,6 +134,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    dreambooth: DreamBoothConfig = field(default_factory=DreamBoothConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def resolved(self) -> "TrainConfig":
@@ -188,6 +198,7 @@ def _problems(c: TrainConfig) -> list[str]:
             c.lora.settings().check()
         except BoothError as exc:
             found.append(f"lora: {exc}")
+    _dreambooth_problems(c, need)
     need(c.warmup_steps < c.steps or c.warmup_steps == 0, "warmup_steps",
          f"is {c.warmup_steps} but steps is {c.steps}; warm up for fewer steps than the run.")
     if c.prior.enabled:
@@ -195,6 +206,17 @@ def _problems(c: TrainConfig) -> list[str]:
              "is empty but prior preservation is on; set it (e.g. 'a photo of dog') or set prior.enabled=false.")
         need(c.prior.num_class_images >= 1, "prior.num_class_images", f"is {c.prior.num_class_images}; use at least 1.")
     return found
+
+
+def _dreambooth_problems(c: TrainConfig, need: Callable[[bool, str, str], None]) -> None:
+    db, defaults = c.dreambooth, DreamBoothConfig()
+    if c.method != "dreambooth":
+        for name in ("train_text_encoder_steps", "use_ema"):
+            need(getattr(db, name) == getattr(defaults, name), f"dreambooth.{name}",
+                 f"applies to method=dreambooth only (method is {c.method}); remove it or change method.")
+    need(db.train_text_encoder_steps >= 0, "dreambooth.train_text_encoder_steps",
+         f"is {db.train_text_encoder_steps}; use 0 (frozen) or the number of steps to train it for.")
+    need(0 <= db.ema_decay < 1, "dreambooth.ema_decay", f"is {db.ema_decay}; use a value in [0, 1), e.g. 0.999.")
 
 
 # ---- dataclass <-> plain dict <-> YAML ------------------------------------------------------------

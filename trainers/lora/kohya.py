@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from peft.tuners.lora import LoraLayer
 
 from ..checkpoint.components import SDComponents
 from ..checkpoint.families import FAMILIES, architecture, modelspec_architecture
@@ -90,21 +91,28 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def saved_layers(components: SDComponents) -> dict[str, LoraLayer]:
+    """Kohya module name -> adapted layer, for every layer :func:`save_lora` writes (UNet first, then
+    each text encoder, in module order). The one place where saved names are chosen."""
+    layers: dict[str, LoraLayer] = {}
+    for part in parts(components):
+        adapted = adapter_layers(part.root)
+        names = saved_names(part, components.family, [path for path, _ in adapted])
+        layers.update({names[path]: layer for path, layer in adapted})
+    return layers
+
+
 def lora_state_dict(components: SDComponents, settings: LoraSettings) -> dict[str, torch.Tensor]:
     """The injected adapter as kohya tensors (CPU copies, adapter dtype)."""
     state: dict[str, torch.Tensor] = {}
-    for part in parts(components):
-        layers = adapter_layers(part.root)
-        names = saved_names(part, components.family, [path for path, _ in layers])
-        for path, layer in layers:
-            if layer.r[ADAPTER] != settings.rank or layer.lora_alpha[ADAPTER] != settings.alpha:
-                raise BoothError(f"LoRA settings (rank {settings.rank}, alpha {settings.alpha}) differ from the "
-                                 f"adapter on {path} (rank {layer.r[ADAPTER]}, alpha {layer.lora_alpha[ADAPTER]}); "
-                                 "save with the settings the adapter was added with.")
-            name = names[path]
-            state[f"{name}.{DOWN}"] = layer.lora_A[ADAPTER].weight.detach().to("cpu", copy=True)
-            state[f"{name}.{UP}"] = layer.lora_B[ADAPTER].weight.detach().to("cpu", copy=True)
-            state[f"{name}.{ALPHA}"] = torch.tensor(float(settings.alpha))
+    for name, layer in saved_layers(components).items():
+        if layer.r[ADAPTER] != settings.rank or layer.lora_alpha[ADAPTER] != settings.alpha:
+            raise BoothError(f"LoRA settings (rank {settings.rank}, alpha {settings.alpha}) differ from the "
+                             f"adapter on {name} (rank {layer.r[ADAPTER]}, alpha {layer.lora_alpha[ADAPTER]}); "
+                             "save with the settings the adapter was added with.")
+        state[f"{name}.{DOWN}"] = layer.lora_A[ADAPTER].weight.detach().to("cpu", copy=True)
+        state[f"{name}.{UP}"] = layer.lora_B[ADAPTER].weight.detach().to("cpu", copy=True)
+        state[f"{name}.{ALPHA}"] = torch.tensor(float(settings.alpha))
     if not state:
         raise BoothError("The model carries no LoRA adapter to save; add one with add_lora first.")
     return state

@@ -21,7 +21,9 @@ from ..progress import Progress
 from .batches import EncodedSet, derived_seed
 from .noise import diffusion_loss, min_snr_weights, sample_noise, sample_timesteps, training_target
 from .optim import make_lr_schedule, make_optimizer
-from .prepare import PreparedData, load_base, place_for_training, prepare_data, sample_images, settle_dtypes
+from .ema import unet_average
+from .prepare import (PreparedData, freeze_text_encoders, load_base, place_for_training, prepare_data, sample_images,
+                      settle_dtypes)
 from .recipes import RECIPES, trainable_parameters
 from .record import TrainResult, snapshot_path, training_metadata, write_loss_log
 from .runtime import choose_device, choose_precision, peak_memory_bytes, reset_peak_memory
@@ -48,15 +50,18 @@ def train(config: TrainConfig, progress: Progress | None = None, components: SDC
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         components = components if components is not None else load_base(config, progress)
         recipe = RECIPES[config.method]
-        trains_text = recipe.trains_text_encoder(config)
-        settle_dtypes(components, precision, recipe.trains_unet_weights)
+        text_steps = recipe.text_encoder_steps(config)
+        trains_text = text_steps != 0
+        settle_dtypes(components, precision, recipe.trains_base_weights, trains_text)
         data = prepare_data(components, config, device, progress, instance_images, trains_text)
         groups = recipe.prepare(components, config)
         place_for_training(components, config, device, trains_text)
         optimizer = make_optimizer(groups, config.optimizer, config.weight_decay, device)
-        state = TrainingState(trainable_parameters(components), optimizer,
+        params = trainable_parameters(components)
+        state = TrainingState(params, optimizer,
                               make_lr_schedule(optimizer, config.lr_scheduler, config.warmup_steps, config.steps),
-                              precision.make_scaler())
+                              precision.make_scaler(),
+                              unet_average(params, config.dreambooth.use_ema, config.dreambooth.ema_decay))
         step = start = state.resume(resume, config, progress)
         runner = _StepRunner(components, config, data, device, precision, trains_text, list(state.params.values()))
 
@@ -71,6 +76,10 @@ def train(config: TrainConfig, progress: Progress | None = None, components: SDC
         samples, snapshots, stopped = [], [], False
         try:
             while step < config.steps and not (stopped := progress.should_stop()):
+                if runner.trains_text and text_steps is not None and step >= text_steps:
+                    freeze_text_encoders(components, data, optimizer, device)
+                    runner.trains_text = False
+                    progress.on_message(f"text encoder trained for {step} steps; frozen from here on")
                 state.history.append(runner.run(step, state))
                 step += 1
                 progress.on_step(step, config.steps, state.history[-1]["loss"], state.history[-1]["lr"])
@@ -82,7 +91,10 @@ def train(config: TrainConfig, progress: Progress | None = None, components: SDC
                         snapshots.append(save_result(snapshot_path(config, step)))
             if stopped:
                 progress.on_message(f"stopping at step {step} as requested; saving")
+            optimizer.zero_grad(set_to_none=True)  # the last gradients are not saved; free them (GBs for a full UNet)
             saved_state = state.save(config, step) if stopped or config.save_every else None
+            if state.ema is not None:  # the result is the average; the state just saved keeps the raw weights
+                state.ema.copy_to_weights()
             output = save_result(Path(config.output))
         finally:  # even a diverged or failed run leaves its loss log for diagnosis
             write_loss_log(state.history, Path(config.output_dir))
@@ -146,6 +158,8 @@ class _StepRunner:
         else:
             optimizer.step()
         state.schedule.step()
+        if state.ema is not None:
+            state.ema.update()
         return {"step": step + 1, **parts, "lr": lr}
 
     def _diverged(self, step: int, value: float) -> BoothError:

@@ -38,6 +38,11 @@ class PreparedData:
     class_folder: Path | None = None
     class_images_generated: int = 0
 
+    @property
+    def captions(self) -> list[str]:
+        """Every caption a step may condition on: the instance captions, then the class prompt."""
+        return self.instance.captions + (self.prior.captions if self.prior else [])
+
 
 def load_base(config: TrainConfig, progress: Progress) -> SDComponents:
     if not config.base:
@@ -76,9 +81,10 @@ def prepare_data(components: SDComponents, config: TrainConfig, device: torch.de
         instance = _encode(items, config, encoder, "instance", progress)
     finally:
         encoder.close()
-    captions = instance.captions + (prior.captions if prior else [])
-    embeddings = {} if trains_text else encode_captions(components, captions, device)
-    return PreparedData(instance, prior, embeddings, [item.caption for item in items], len(class_items), folder, made)
+    data = PreparedData(instance, prior, {}, [item.caption for item in items], len(class_items), folder, made)
+    if not trains_text:
+        data.embeddings = encode_captions(components, data.captions, device)
+    return data
 
 
 def _instance_items(config: TrainConfig, images: torch.Tensor | None) -> tuple[ImageItem, ...]:
@@ -112,13 +118,16 @@ def _encode(items, config: TrainConfig, encoder: LatentEncoder, name: str, progr
     return EncodedSet(latents, captions, name)
 
 
-def settle_dtypes(components: SDComponents, precision: Precision, trains_unet_weights: bool) -> None:
+def settle_dtypes(components: SDComponents, precision: Precision, trains_base_weights: bool,
+                  trains_text: bool) -> None:
     """Weights that will not train go to the run's frozen dtype now (fp32 on the CPU, half on CUDA with
     mixed precision), before class images or previews use them; the VAE is always float32, because
-    decoding in fp16 overflows (SDXL) or is unsupported (CPU); a fully trained UNet stays float32."""
+    decoding in fp16 overflows (SDXL) or is unsupported (CPU); fully trained modules (the UNet, and
+    the text encoders if they train in a full fine-tune) stay float32, so no weight is rounded first."""
+    text_dtype = torch.float32 if trains_base_weights and trains_text else precision.frozen_dtype
     wanted = [(components.vae, torch.float32),
-              (components.unet, torch.float32 if trains_unet_weights else precision.frozen_dtype),
-              *((encoder, precision.frozen_dtype) for encoder in components.text_encoders)]
+              (components.unet, torch.float32 if trains_base_weights else precision.frozen_dtype),
+              *((encoder, text_dtype) for encoder in components.text_encoders)]
     for module, dtype in wanted:
         if next(module.parameters()).dtype != dtype:
             module.to(dtype=dtype)
@@ -151,6 +160,20 @@ def _checkpoint_text_encoder(encoder) -> None:
         encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def freeze_text_encoders(components: SDComponents, data: PreparedData, optimizer: torch.optim.Optimizer,
+                         device: torch.device) -> None:
+    """End text-encoder training part-way through a run: the weights stop changing and leave the
+    device, their optimiser state is dropped, and every caption is encoded once with the trained
+    encoders, so the remaining steps cost what they would with encoders frozen from the start."""
+    for encoder in components.text_encoders:
+        encoder.requires_grad_(False).eval()
+        for param in encoder.parameters():
+            param.grad = None
+            optimizer.state.pop(param, None)
+        encoder.to("cpu")
+    data.embeddings = encode_captions(components, data.captions, device)
 
 
 def sample_images(components: SDComponents, config: TrainConfig, device: torch.device, step: int,

@@ -83,6 +83,8 @@ def training_metadata(config: TrainConfig, *, steps_done: int, seconds: float, p
     for caption in captions:
         frequency[caption] = frequency.get(caption, 0) + 1
     res = config.data.resolution
+    trains_text = (config.dreambooth.train_text_encoder_steps > 0 if config.method == "dreambooth"
+                   else config.lora.text_encoder)
     meta = {
         "booth.config": dump_config(config),
         "booth.method": config.method,
@@ -103,7 +105,7 @@ def training_metadata(config: TrainConfig, *, steps_done: int, seconds: float, p
         "ss_seed": str(config.seed),
         "ss_learning_rate": str(config.learning_rate),
         "ss_unet_lr": str(config.learning_rate),
-        "ss_text_encoder_lr": str(config.text_encoder_lr if config.lora.text_encoder else 0),
+        "ss_text_encoder_lr": str(config.text_encoder_lr if trains_text else 0),
         "ss_lr_scheduler": config.lr_scheduler,
         "ss_lr_warmup_steps": str(config.warmup_steps),
         "ss_optimizer": config.optimizer,

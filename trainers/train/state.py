@@ -2,7 +2,7 @@
 
 Everything random in a step (batch choice, noise, timesteps, dropout) is derived from the seed and
 the step number (see loop.py), so the state only needs the step, the trainable weights, the
-optimiser, schedule and grad-scaler states and the loss history. It is saved with ``torch.save``
+optimiser, schedule and grad-scaler states, the weights' moving average (if on) and the loss history. It is saved with ``torch.save``
 and read with ``weights_only=True`` (plain tensors, numbers and strings only).
 """
 
@@ -32,12 +32,14 @@ def state_path(config: TrainConfig) -> Path:
 
 @dataclass
 class TrainingState:
-    """What changes while training and is needed to continue: weights, optimiser, schedule, scaler, losses."""
+    """What changes while training and is needed to continue: weights, optimiser, schedule, scaler,
+    EMA (an :class:`~trainers.train.ema.ExponentialMovingAverage` or None), losses."""
 
     params: dict[str, torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     schedule: Any
     scaler: Any
+    ema: Any = None
     history: list[dict] = field(default_factory=list)
 
     def save(self, config: TrainConfig, step: int) -> Path:
@@ -47,6 +49,7 @@ class TrainingState:
             "params": {name: p.detach().to("cpu", copy=True) for name, p in self.params.items()},
             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "ema": self.ema.state_dict() if self.ema is not None else {},
         }
         return atomic_write(state_path(config), lambda tmp: torch.save(state, tmp))
 
@@ -60,7 +63,7 @@ class TrainingState:
             return 0
         state = load_state(file)
         check_compatible(state, config, file)
-        restore(state, self.params, self.optimizer, self.schedule, self.scaler)
+        restore(state, self.params, self.optimizer, self.schedule, self.scaler, self.ema)
         self.history[:] = state["losses"]
         progress.on_message(f"resumed from {file} at step {state['step']}")
         return int(state["step"])
@@ -106,7 +109,7 @@ def check_compatible(state: dict, config: TrainConfig, file: str | os.PathLike) 
                          "Raise steps to continue training.")
 
 
-def restore(state: dict, params: dict[str, torch.nn.Parameter], optimizer, schedule, scaler) -> None:
+def restore(state: dict, params: dict[str, torch.nn.Parameter], optimizer, schedule, scaler, ema=None) -> None:
     missing = sorted(set(params) ^ set(state["params"]))
     if missing:
         raise BoothError(f"Training state does not match the model being trained (first difference: {missing[0]}).")
@@ -117,6 +120,8 @@ def restore(state: dict, params: dict[str, torch.nn.Parameter], optimizer, sched
     schedule.load_state_dict(state["schedule"])
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        ema.load_state_dict(state.get("ema") or {})
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
