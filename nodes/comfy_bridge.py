@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import re
 import time
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -99,10 +101,17 @@ def image_to_comfy(images: torch.Tensor) -> torch.Tensor:
 
 
 class ComfyProgress(Progress):
-    """Forwards training events to ComfyUI's progress bar, the Cancel button and the web extension."""
+    """Forwards training events to ComfyUI's progress bar, the Cancel button and the web extension.
+
+    Cancel reaches a node two ways: the interrupt flag, and ComfyUI's progress-bar hook raising
+    InterruptProcessingException (resetting the flag) when it sees the flag. Both become
+    :attr:`stop_requested`, so the loop finishes the current step and saves before the node raises
+    the interrupt itself (:func:`raise_interrupted`).
+    """
 
     def __init__(self, node_id: str | None, title: str) -> None:
         self.node_id, self.title = node_id, title
+        self.stop_requested = False
         self._bar = None
         self._started = time.perf_counter()
         self._losses: list[float] = []
@@ -116,18 +125,17 @@ class ComfyProgress(Progress):
 
     def on_step(self, step: int, total: int, loss: float, lr: float) -> None:
         self._losses.append(loss)
-        if self._bar is not None:
-            self._bar.update_absolute(step, total)
+        self._update_bar(step, total)
         elapsed = time.perf_counter() - self._started
         eta = elapsed / max(1, len(self._losses)) * (total - step)
         self._send({"event": "step", "step": step, "total": total, "loss": loss, "lr": lr, "eta": eta})
 
     def on_sample(self, step: int, images: torch.Tensor) -> None:
-        if self._bar is not None and images.shape[0]:
+        if images.shape[0]:
             from PIL import Image
 
             first = (image_to_comfy(images[:1])[0].numpy() * 255).round().astype("uint8")
-            self._bar.update_absolute(step, None, ("PNG", Image.fromarray(first), 512))
+            self._update_bar(step, None, ("PNG", Image.fromarray(first), 512))
 
     def on_message(self, text: str) -> None:
         self._send({"event": "message", "text": text})
@@ -135,15 +143,47 @@ class ComfyProgress(Progress):
     def should_stop(self) -> bool:
         import comfy.model_management
 
-        return comfy.model_management.processing_interrupted()
+        self.stop_requested = self.stop_requested or comfy.model_management.processing_interrupted()
+        return self.stop_requested
+
+    def _update_bar(self, value: int, total: int | None, preview: tuple | None = None) -> None:
+        import comfy.model_management
+
+        if self._bar is None:
+            return
+        try:
+            self._bar.update_absolute(value, total, preview)
+        except comfy.model_management.InterruptProcessingException:  # the server's hook saw Cancel
+            self.stop_requested = True
 
     def _send(self, payload: dict) -> None:
         try:
             from server import PromptServer
         except ImportError:
             return
-        if PromptServer.instance is not None:
-            PromptServer.instance.send_sync(PROGRESS_EVENT, {"node": self.node_id, "title": self.title, **payload})
+        server = getattr(PromptServer, "instance", None)  # set only once ComfyUI's server has started
+        if server is not None:
+            server.send_sync(PROGRESS_EVENT, {"node": self.node_id, "title": self.title, **payload})
+
+
+def raise_interrupted() -> NoReturn:
+    """End a cancelled node the ComfyUI way: the executor reports the prompt as interrupted and
+    caches no output. The flag is cleared, as ComfyUI's own interrupt check does when it raises."""
+    import comfy.model_management
+
+    comfy.model_management.interrupt_current_processing(False)
+    raise comfy.model_management.InterruptProcessingException()
+
+
+def release_memory(error: BaseException | None = None) -> None:
+    """Give back what a finished or failed run held: ``error``'s traceback would otherwise keep the
+    trained model's frames (GBs) alive for as long as ComfyUI keeps the error."""
+    import gc
+
+    if error is not None:
+        traceback.clear_frames(error.__traceback__)
+    gc.collect()
+    free_memory()
 
 
 def relative_to_input(path_text: str, widget: str) -> Path:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import gc
-
 import torch
 
-from ..trainers.config import LR_SCHEDULERS, MIXED_PRECISION, DataConfig, LoraConfig, PriorConfig, SampleConfig, TrainConfig
+from ..trainers.config import LR_SCHEDULERS, MIXED_PRECISION, LoraConfig, PriorConfig, SampleConfig, TrainConfig
+from ..trainers.errors import BoothError
 from . import comfy_bridge
 from .images import DATASET_TYPE, InstanceImages
 
@@ -93,9 +92,17 @@ class TrainLoRA:
               targets="attention", batch_size=1, gradient_accumulation=1, lr_scheduler="constant", warmup_steps=0,
               mixed_precision="fp16", gradient_checkpointing=True, min_snr_gamma=0.0, noise_offset=0.0,
               class_images_folder="", sample_every=0, sample_prompt="", overwrite=False, unique_id=None):
-        from ..trainers.checkpoint.loader import load_components
+        """Train, save the LoRA into models/loras, and return the graph's MODEL/CLIP with it applied.
+
+        Cancel (ComfyUI's interrupt) stops training after the step in progress. The LoRA trained so
+        far is still saved, complete (written atomically; its metadata records the steps done), the
+        model copy used for training is freed, and then the node raises ComfyUI's
+        InterruptProcessingException like any interrupted node: the prompt ends as interrupted and
+        no output is cached, so queueing again trains again (turn on overwrite, or pick a new name).
+        Cancelled while class images are generated, it keeps those images for the next run and
+        writes no LoRA.
+        """
         from ..trainers.plots import loss_plot
-        from ..trainers.train import train
 
         output = comfy_bridge.safe_output_path(comfy_bridge.lora_folder(), lora_name, ".safetensors", overwrite,
                                                "lora_name")
@@ -113,16 +120,31 @@ class TrainLoRA:
                             text_encoder=train_text_encoder),
             sample=SampleConfig(every=sample_every, prompts=[sample_prompt or dataset.instance_prompt]),
         ).validate()
-        components = load_components(comfy_bridge.graph_state_dict(model, clip, vae), name="the connected model",
-                                     tokenizer_dir=comfy_bridge.tokenizer_dir())
         progress = comfy_bridge.ComfyProgress(unique_id, output.name)
-        try:
-            result = train(config, progress, components=components, instance_images=dataset.images)
-        finally:
-            del components
-            gc.collect()
-            comfy_bridge.free_memory()
-        curve = torch.from_numpy(loss_plot(result.losses, title=f"{output.stem}: loss per step")).float()[None] / 255
+        with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode, which forbids autograd
+            try:
+                losses, steps_done, seconds = _train_on_graph(config, progress, model, clip, vae, dataset)
+            except BaseException as error:
+                comfy_bridge.release_memory(error)
+                if isinstance(error, BoothError) and progress.stop_requested:  # stopped making class images
+                    comfy_bridge.raise_interrupted()
+                raise
+        comfy_bridge.release_memory()
+        if progress.stop_requested:
+            comfy_bridge.raise_interrupted()
+        curve = torch.from_numpy(loss_plot(losses, title=f"{output.stem}: loss per step")).float()[None] / 255
         model_out, clip_out = comfy_bridge.apply_lora(model, clip, output, 1.0, 1.0)
-        return {"ui": {"text": [f"{output.name}: {result.steps} steps in {result.seconds:.0f} s"]},
+        return {"ui": {"text": [f"{output.name}: {steps_done} steps in {seconds:.0f} s"]},
                 "result": (model_out, clip_out, output.name, curve)}
+
+
+def _train_on_graph(config: TrainConfig, progress: comfy_bridge.ComfyProgress, model, clip, vae,
+                    dataset: InstanceImages) -> tuple[list[float], int, float]:
+    """Train a copy of the graph's model. Its own frame, so the copy (GBs) is freed as soon as it returns."""
+    from ..trainers.checkpoint.loader import load_components
+    from ..trainers.train import train
+
+    components = load_components(comfy_bridge.graph_state_dict(model, clip, vae), name="the connected model",
+                                 tokenizer_dir=comfy_bridge.tokenizer_dir())
+    result = train(config, progress, components=components, instance_images=dataset.images)
+    return result.losses, result.steps, result.seconds

@@ -8,6 +8,8 @@ failure there shows what ComfyUI saw. Always on CPU, so results do not depend on
     python comfy_probe.py keymap --checkpoint-shapes JSON --lora-shapes JSON
     python comfy_probe.py resave --ckpt MODEL --out FILE
     python comfy_probe.py nodes --pack FOLDER
+    python comfy_probe.py train-node --ckpt MODEL --pack FOLDER --root DIR [--method M ...] [--compare]
+                                     [--cancel-by flag|hook ...]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import json
 import logging
 import sys
+from pathlib import Path
 
 RESULT_PREFIX = "COMFY_PROBE_RESULT "
 # ComfyUI's own messages about a checkpoint's keys (comfy/sd.py, comfy/model_base.py) and a LoRA's (comfy/lora.py).
@@ -45,18 +48,18 @@ class _Collector(logging.Handler):
 
 
 @contextlib.contextmanager
-def captured(prefixes: tuple[str, ...]):
-    """Collect ComfyUI's log records starting with ``prefixes`` (debug ones too) while the block runs."""
+def captured(prefixes: tuple[str, ...], level: int = logging.DEBUG):
+    """Collect ComfyUI's log records starting with ``prefixes`` (from ``level`` up) while the block runs."""
     found: list[dict] = []
     root = logging.getLogger()
-    handler, level = _Collector(prefixes, found), root.level
+    handler, previous = _Collector(prefixes, found), root.level
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
+    root.setLevel(level)
     try:
         yield found
     finally:
         root.removeHandler(handler)
-        root.setLevel(level)
+        root.setLevel(previous)
 
 
 def generate(model, clip, vae, steps: int, seed: int, size: int, prompt: str):
@@ -200,6 +203,187 @@ def cmd_nodes(args) -> dict:
     return asyncio.run(_load_pack(args.pack))
 
 
+# ---- train-node: Booth's training node run as ComfyUI's executor runs it ---------------------------
+
+SUBJECT_FOLDER = "subject"
+TRAINER_NODE_ID = "7"
+
+
+def _use_folders(root: Path) -> dict[str, Path]:
+    """Point ComfyUI's loras, input and output folders into ``root`` (the node reads them through folder_paths)."""
+    import folder_paths
+
+    folders = {name: root / name for name in ("loras", "input", "output")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    folder_paths.add_model_folder_path("loras", str(folders["loras"]), is_default=True)
+    folder_paths.set_input_directory(str(folders["input"]))
+    folder_paths.set_output_directory(str(folders["output"]))
+    return folders
+
+
+def _write_subject(folder: Path, count: int = 3) -> None:
+    """Synthetic subject photos: a coloured square on a background that differs per image."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        pixels = np.full((96, 80, 3), 60 + 50 * index, dtype=np.uint8)
+        pixels[24:72, 16:64] = (200, 40 + 60 * index, 30)
+        Image.fromarray(pixels).save(folder / f"subject_{index}.png")
+
+
+class _ProgressHook:
+    """Stands in for the server's progress hook (comfy.utils.PROGRESS_BAR_HOOK): records every call and,
+    if asked, presses Cancel once the bar reaches ``cancel_at``. ``cancel_by`` "flag" only sets
+    the interrupt flag (the node must notice it itself); "hook" does what the server's hook does
+    when the flag is set: raise InterruptProcessingException from inside the bar update."""
+
+    def __init__(self, cancel_at: int | None = None, cancel_by: str = "flag"):
+        self.calls: list[dict] = []
+        self.cancel_at, self.cancel_by = cancel_at, cancel_by
+
+    def __call__(self, value, total, preview, prompt_id=None, node_id=None):
+        import comfy.model_management
+
+        self.calls.append({"value": value, "total": total, "preview": preview is not None, "node": node_id})
+        if self.cancel_at is not None and value >= self.cancel_at:
+            self.cancel_at = None
+            comfy.model_management.interrupt_current_processing(True)
+            if self.cancel_by == "hook":
+                comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def _live_tensor_bytes() -> int:
+    """Bytes of every CPU tensor storage Python still references (each storage counted once)."""
+    import gc
+    import torch
+
+    gc.collect()
+    storages = {}
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu":  # type(): no deprecated __class__ hooks
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _leftovers(root: Path) -> list[str]:
+    """Temporary files an interrupted write would leave (Booth writes through '.<name>.*.tmp')."""
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.name.endswith(".tmp"))
+
+
+def _lora_file_report(path: Path) -> dict:
+    """How ComfyUI's own loader sees a LoRA file (no Booth code involved)."""
+    import hashlib
+    import comfy.utils
+
+    if not path.is_file():
+        return {"exists": False}
+    lora = comfy.utils.load_torch_file(str(path), safe_load=True)
+    return {"exists": True, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "tensors": len(lora),
+            "finite": all(bool(t.float().isfinite().all()) for t in lora.values()),
+            "max_abs_up": max(float(t.float().abs().max()) for k, t in lora.items() if k.endswith("lora_up.weight"))}
+
+
+def _run_trainer(trainer, graph: dict, widgets: dict, hook: _ProgressHook) -> tuple[dict, dict | None]:
+    """Run the training node as the executor does (inference mode, node id given, hook installed);
+    return what happened and the node's output (None if it raised)."""
+    import time
+    import torch
+    import comfy.model_management
+    import comfy.utils
+
+    before = _live_tensor_bytes()
+    comfy.utils.set_progress_bar_global_hook(hook)
+    started = time.perf_counter()
+    output, error = None, None
+    try:
+        with captured(LORA_MESSAGES, logging.WARNING) as lora_log, torch.inference_mode():
+            output = trainer().train(**graph, **widgets, unique_id=TRAINER_NODE_ID)
+    except (Exception, comfy.model_management.InterruptProcessingException) as raised:
+        error = raised  # kept while memory is measured, as ComfyUI keeps it for its report
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    report = {"seconds": time.perf_counter() - started, "hook_calls": hook.calls, "lora_log": lora_log,
+              "error_type": type(error).__name__ if error else None, "error": str(error) if error else None,
+              "interrupted_flag_after": comfy.model_management.processing_interrupted(),
+              "live_tensor_bytes_before": before, "live_tensor_bytes_after": _live_tensor_bytes()}
+    return report, output
+
+
+def _outputs_report(output: dict, graph: dict, lora_file: Path, args) -> dict:
+    """The node's outputs, and what ComfyUI's own LoRA loader and sampler make of its file and MODEL."""
+    import comfy.sd
+    import comfy.utils
+
+    model, clip, vae = graph["model"], graph["clip"], graph["vae"]
+    model_out, clip_out, lora_name, curve = output["result"]
+    report = {"ui": output["ui"], "lora_name": lora_name,
+              "curve": image_report(curve) | {"dtype": str(curve.dtype), "min": float(curve.min()),
+                                              "max": float(curve.max())},
+              "unet_patched": len(model_out.patches) - len(model.patches),
+              "clip_patched": len(clip_out.patcher.patches) - len(clip.patcher.patches),
+              "file": _lora_file_report(lora_file)}
+    lora = comfy.utils.load_torch_file(str(lora_file), safe_load=True)
+    with captured(LORA_MESSAGES, logging.WARNING) as lora_log:
+        loaded_model, loaded_clip = comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 1.0)
+    report["load_lora_for_models"] = {"log": lora_log, "unet_patched": len(loaded_model.patches) - len(model.patches),
+                                      "clip_patched": len(loaded_clip.patcher.patches) - len(clip.patcher.patches)}
+    if args.compare:
+        base = generate(model, clip, vae, 1, args.seed, args.resolution, args.prompt)
+        trained = generate(model_out, clip_out, vae, 1, args.seed, args.resolution, args.prompt)
+        report["compare"] = {"base": image_report(base), "trained": image_report(trained),
+                             "mean_abs_pixel_diff": float((trained - base).abs().mean() * 255.0)}
+    return report
+
+
+def cmd_train_node(args) -> dict:
+    """Booth Load Instance Images -> Booth Train LoRA on a loaded checkpoint, as ComfyUI would run them;
+    then what ComfyUI makes of the results, a second run under the same name, and cancelled runs."""
+    import torch
+    import comfy.sd
+    import nodes
+
+    root = Path(args.root)
+    folders = _use_folders(root)
+    _write_subject(folders["input"] / SUBJECT_FOLDER)
+    asyncio.run(nodes.load_custom_node(args.pack))
+    loader, trainer = nodes.NODE_CLASS_MAPPINGS["BoothLoadInstanceImages"], nodes.NODE_CLASS_MAPPINGS["BoothTrainLoRA"]
+    with torch.inference_mode():  # the executor runs Load Checkpoint and every other node in inference mode
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(args.ckpt, output_vae=True, output_clip=True,
+                                                                   embedding_directory=None)
+        dataset, preview, count = loader().load(SUBJECT_FOLDER, args.prompt, args.resolution, "center", False,
+                                                False, 1)
+    report = {"image_count": count, "preview": image_report(preview) | {"dtype": str(preview.dtype)}}
+    graph = {"model": model, "clip": clip, "vae": vae, "dataset": dataset}
+    widgets = {"lora_name": args.lora_name, "method": args.method, "steps": args.steps,
+               "learning_rate": args.learning_rate, "rank": args.rank, "alpha": float(args.rank),
+               "class_prompt": "a photo of dog", "num_class_images": args.num_class_images,
+               "prior_loss_weight": 1.0, "seed": 0}
+
+    if args.train:
+        report["train"], output = _run_trainer(trainer, graph, widgets, _ProgressHook())
+        report["loras"] = sorted(path.name for path in folders["loras"].iterdir())
+        if output is not None:
+            lora_file = folders["loras"] / output["result"][2]
+            report["train"] |= _outputs_report(output, graph, lora_file, args)
+            del output  # let its patched models go before the next run is measured
+            report["same_name_again"], _ = _run_trainer(trainer, graph, widgets, _ProgressHook())
+            report["same_name_again"]["file"] = _lora_file_report(lora_file)
+
+    report["cancelled"] = {}
+    for cancel_by in args.cancel_by:
+        name = f"{args.lora_name}_cancel_by_{cancel_by}"
+        run, _ = _run_trainer(trainer, graph, widgets | {"lora_name": name, "steps": args.cancel_steps},
+                              _ProgressHook(cancel_at=1, cancel_by=cancel_by))
+        report["cancelled"][cancel_by] = run | {"lora_name": f"{name}.safetensors",
+                                                "file": _lora_file_report(folders["loras"] / f"{name}.safetensors")}
+    report["leftover_temp_files"] = _leftovers(root)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -220,10 +404,29 @@ def main() -> None:
     resave.add_argument("--out", required=True)
     pack = verbs.add_parser("nodes", help="load a folder as a custom-node pack")
     pack.add_argument("--pack", required=True)
+    train = verbs.add_parser("train-node", help="run Booth's image loader and training node on a checkpoint")
+    train.add_argument("--ckpt", required=True)
+    train.add_argument("--pack", required=True, help="the pack's folder inside a custom_nodes folder")
+    train.add_argument("--root", required=True, help="folder for ComfyUI's loras/, input/ and output/ folders")
+    train.add_argument("--method", default="lora")
+    train.add_argument("--lora-name", default="booth_test")
+    train.add_argument("--steps", type=int, default=2)
+    train.add_argument("--resolution", type=int, default=64)
+    train.add_argument("--rank", type=int, default=4, help="also the alpha")
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--num-class-images", type=int, default=1)
+    train.add_argument("--seed", type=int, default=0, help="sampling seed for --compare")
+    train.add_argument("--prompt", default="a photo of sks dog")
+    train.add_argument("--no-train", dest="train", action="store_false", help="only the cancelled runs")
+    train.add_argument("--compare", action="store_true", help="sample 1 euler step with the base and trained model")
+    train.add_argument("--cancel-by", nargs="*", default=[], choices=["flag", "hook"],
+                       help="also run a training cancelled after its first step, once per way of cancelling")
+    train.add_argument("--cancel-steps", type=int, default=3, help="steps asked of a run that will be cancelled")
     args = parser.parse_args()
 
     use_cpu()
-    commands = {"sample": cmd_sample, "keymap": cmd_keymap, "resave": cmd_resave, "nodes": cmd_nodes}
+    commands = {"sample": cmd_sample, "keymap": cmd_keymap, "resave": cmd_resave, "nodes": cmd_nodes,
+                "train-node": cmd_train_node}
     result = commands[args.verb](args)
     sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
 

@@ -7,6 +7,7 @@ COMFYUI_PYTHON picks its interpreter (default: the checkout's .venv, else this P
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -25,10 +26,11 @@ from trainers.checkpoint.inspect import describe_checkpoint
 from trainers.checkpoint.loader import load_components
 from trainers.checkpoint.modules import make_text_encoder, make_unet, make_vae
 from trainers.checkpoint.writer import to_original_state_dict
-from trainers.lora import UNET_TARGETS, LoraSettings, add_lora, apply_lora, read_lora, remove_lora, save_lora
+from trainers.files import read_safetensors_header
+from trainers.lora import UNET_TARGETS, LoraSettings, add_lora, apply_lora, read_lora, remove_lora, save_lora, saved_layers
 from trainers.lora.kohya import ALPHA, DOWN, UP
-from trainers.lora.names import name_index, parts, saved_names
-from trainers.lora.network import ADAPTER, adapter_layers
+from trainers.lora.names import name_index
+from trainers.lora.network import ADAPTER
 
 PROBE = Path(__file__).with_name("comfy_probe.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -77,16 +79,6 @@ def warnings_in(log: list[dict]) -> list[str]:
 def core_shape(shape) -> tuple[int, ...]:
     """A 1x1 convolution and a linear layer hold the same matrix (ComfyUI reshapes LoRA products)."""
     return tuple(shape[:2]) if tuple(shape[2:]) == (1, 1) else tuple(shape)
-
-
-def saved_modules(components: SDComponents) -> dict[str, torch.nn.Module]:
-    """Kohya name -> peft layer, for every adapted layer, named as save_lora names it."""
-    modules = {}
-    for part in parts(components):
-        layers = adapter_layers(part.root)
-        names = saved_names(part, components.family, [path for path, _ in layers])
-        modules.update({names[path]: layer for path, layer in layers})
-    return modules
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +153,7 @@ def test_full_size_lora_names_map_to_the_same_layers_in_comfyui(family, tmp_path
     components = _weightless_components(family)
     checkpoint_shapes = {key: list(value.shape) for key, value in to_original_state_dict(components).items()}
     add_lora(components, EVERY_LAYER)
-    modules = saved_modules(components)
+    modules = saved_layers(components)
     lora_shapes = {}
     for name, layer in modules.items():
         lora_shapes.update({f"{name}.{DOWN}": list(layer.lora_A[ADAPTER].weight.shape),
@@ -212,17 +204,181 @@ def test_checkpoint_saved_by_comfyui_reads_in_booth(full_sd15, tmp_path):
     assert [k for k in ours if not torch.equal(ours[k].float(), saved[k].float())] == []
 
 
-def test_booth_loads_as_a_custom_node_pack(tmp_path):
-    if not (REPO / "__init__.py").is_file():
-        pytest.skip("the pack has no __init__.py yet, so ComfyUI has nothing to load")
-    installed = tmp_path / "custom_nodes" / "booth"
-    installed.parent.mkdir()
+def install_pack(folder: Path) -> Path:
+    """The repository as ComfyUI finds a pack: a folder inside custom_nodes/."""
+    installed = folder / "custom_nodes" / "booth"
+    installed.parent.mkdir(parents=True)
     installed.symlink_to(REPO, target_is_directory=True)
+    return installed
 
-    report = run_probe("nodes", "--pack", installed)
+
+def test_booth_loads_as_a_custom_node_pack(tmp_path):
+    report = run_probe("nodes", "--pack", install_pack(tmp_path))
 
     assert report["loaded"] and report["warnings"] == []
     assert report["nodes"], "the pack registered no nodes"
     assert [name for name in report["nodes"] if not name.startswith("Booth")] == []
     assert [name for name, label in report["display_names"].items() if not (label or "").startswith("Booth")] == []
     assert {name: inputs for name, inputs in report["required_inputs"].items() if isinstance(inputs, str)} == {}
+
+
+# ---- Booth Train LoRA run inside ComfyUI on the full SD1.5 file ----------------------------------------
+# 2 steps at 64 px train in about a minute on 2 CPU cores. A learning rate well above the node's
+# default makes 2 steps change the image visibly.
+STEPS, RANK, RESOLUTION, LEARNING_RATE = 2, 4, 64, 1e-3
+NODE_SETTINGS = LoraSettings(rank=RANK, alpha=float(RANK), unet_targets=("attention",))  # the node's default targets
+LORA_NAME = "booth_test"
+NODE_ID = "7"  # the probe runs the training node as node 7
+# The training copy of the model is ~4 GB of float32; what stays after a run must be far less.
+LEFT_BEHIND_LIMIT = 64 * 2**20
+
+
+def run_train_node(full_sd15: Path, root: Path, *args: object) -> dict:
+    return run_probe("train-node", "--ckpt", full_sd15, "--pack", install_pack(root), "--root", root,
+                     "--steps", STEPS, "--rank", RANK, "--resolution", RESOLUTION, "--learning-rate", LEARNING_RATE,
+                     "--lora-name", LORA_NAME, *args)
+
+
+@pytest.fixture(scope="module")
+def lora_trained_by_node(full_sd15, tmp_path_factory):
+    """Method 'lora': trained, applied, sampled against the base, then run again under the same name."""
+    root = tmp_path_factory.mktemp("comfy_train_lora")
+    return root, run_train_node(full_sd15, root, "--method", "lora", "--compare")
+
+
+@pytest.fixture(scope="module")
+def cancelled_by_node(full_sd15, tmp_path_factory):
+    """Two runs of 3 steps, each cancelled once the first step is done: by the interrupt flag alone,
+    and by the server's progress hook raising InterruptProcessingException."""
+    root = tmp_path_factory.mktemp("comfy_train_cancel")
+    return root, run_train_node(full_sd15, root, "--no-train", "--cancel-by", "flag", "hook", "--cancel-steps", 3)
+
+
+@pytest.fixture(scope="module")
+def full_sd15_names() -> set[str]:
+    """The module names save_lora writes for the node's settings on the full SD1.5 architecture."""
+    components = _weightless_components("sd15")
+    add_lora(components, NODE_SETTINGS)
+    return set(saved_layers(components))
+
+
+def lora_file_contents(path: Path) -> tuple[set[str], set[str], dict[str, str]]:
+    """(module names, key suffixes, metadata) of a LoRA file, read from its header."""
+    header, metadata = read_safetensors_header(path)
+    names = {key.split(".", 1)[0] for key in header}
+    suffixes = {key.split(".", 1)[1] for key in header}
+    return names, suffixes, metadata
+
+
+def memory_left_behind(run: dict) -> int:
+    return run["live_tensor_bytes_after"] - run["live_tensor_bytes_before"]
+
+
+def test_train_node_writes_a_kohya_lora_that_comfyui_loads_completely(lora_trained_by_node, full_sd15_names):
+    root, report = lora_trained_by_node
+    run = report["train"]
+    assert run["error"] is None, run["error"]
+    assert report["image_count"] == 3 and report["preview"]["shape"] == [3, RESOLUTION, RESOLUTION, 3]
+    assert run["lora_name"] == f"{LORA_NAME}.safetensors" and report["loras"] == [run["lora_name"]]
+    assert run["ui"]["text"][0].startswith(f"{LORA_NAME}.safetensors: {STEPS} steps in ")
+
+    names, suffixes, metadata = lora_file_contents(root / "loras" / run["lora_name"])
+    assert names == full_sd15_names and len(names) == 128  # q, k, v, out of 16 transformer blocks x 2 attentions
+    assert suffixes == {DOWN, UP, ALPHA}
+    assert (metadata["booth.method"], metadata["booth.steps"], metadata["booth.resolution"]) == ("lora", "2", "64")
+    assert metadata["booth.instance_prompt"] == "a photo of sks dog" and metadata["booth.class_prompt"] == ""
+    assert json.loads(metadata["booth.lora_settings"])["unet_targets"] == ["attention"]
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"], metadata["ss_base_model_version"]) == (
+        "4", "4", "sd_v1")
+    assert (metadata["ss_steps"], metadata["modelspec.title"]) == ("2", LORA_NAME)
+
+    assert run["file"]["tensors"] == 3 * len(names) and run["file"]["finite"]
+    assert 0 < run["file"]["max_abs_up"] <= STEPS * LEARNING_RATE * 1.01  # Adam moves each weight <= lr per step
+    for loaded in (run["load_lora_for_models"], run):  # our own load, and the node's when it applied the LoRA
+        log = loaded.get("log", loaded.get("lora_log"))
+        assert log == []  # no "lora key not loaded", no "NOT LOADED"
+        assert (loaded["unet_patched"], loaded["clip_patched"]) == (len(names), 0)
+    assert report["leftover_temp_files"] == []
+
+
+def test_train_node_model_output_samples_differently_and_reports_progress(lora_trained_by_node):
+    _, report = lora_trained_by_node
+    run = report["train"]
+    compare = run["compare"]
+    assert compare["base"]["finite"] and compare["trained"]["finite"]
+    assert compare["trained"]["shape"] == [1, RESOLUTION, RESOLUTION, 3]
+    assert compare["mean_abs_pixel_diff"] > 0.5  # 0..255 scale; about 2.8 here
+
+    curve = run["curve"]
+    batch, height, width, channels = curve["shape"]
+    assert (batch, channels, curve["dtype"]) == (1, 3, "torch.float32") and height >= 64 and width >= 64
+    assert 0.0 <= curve["min"] < curve["max"] <= 1.0 and curve["finite"]
+
+    assert run["hook_calls"] == [{"value": step, "total": STEPS, "preview": False, "node": NODE_ID}
+                                 for step in range(1, STEPS + 1)]
+    assert not run["interrupted_flag_after"]
+    assert memory_left_behind(run) < LEFT_BEHIND_LIMIT
+
+
+def test_train_node_refuses_an_existing_lora_name_without_overwrite(lora_trained_by_node):
+    _, report = lora_trained_by_node
+    again = report["same_name_again"]
+    assert again["error_type"] == "BoothError"
+    assert again["error"].startswith(f"lora_name: {LORA_NAME}.safetensors already exists")
+    assert "overwrite" in again["error"]
+    assert again["seconds"] < 5 and again["hook_calls"] == []  # refused before any loading or training
+    assert again["file"]["sha256"] == report["train"]["file"]["sha256"]
+
+
+@pytest.mark.parametrize("cancel_by", ["flag", "hook"])
+def test_cancel_stops_after_the_step_saves_a_complete_lora_and_raises_interrupt(cancelled_by_node, cancel_by):
+    root, report = cancelled_by_node
+    run = report["cancelled"][cancel_by]
+    assert run["error_type"] == "InterruptProcessingException"  # ComfyUI then reports the prompt as interrupted
+    assert not run["interrupted_flag_after"]  # reset, so the next prompt runs
+    assert run["hook_calls"] == [{"value": 1, "total": 3, "preview": False, "node": NODE_ID}]
+
+    assert run["file"]["exists"] and run["file"]["finite"]
+    names, suffixes, metadata = lora_file_contents(root / "loras" / run["lora_name"])
+    assert len(names) == 128 and suffixes == {DOWN, UP, ALPHA}
+    assert (metadata["booth.steps"], metadata["ss_max_train_steps"]) == ("1", "3")
+    assert 0 < run["file"]["max_abs_up"] <= LEARNING_RATE * 1.01  # one optimiser step
+    work = root / "output" / "booth" / Path(run["lora_name"]).stem
+    with open(work / "losses.csv") as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == ["1"]
+    assert (work / "state.pt").is_file()  # a stopped run keeps its resumable state
+
+    assert memory_left_behind(run) < LEFT_BEHIND_LIMIT  # while the exception is still held
+    assert report["leftover_temp_files"] == []
+    assert sorted(path.name for path in (root / "loras").iterdir()) == sorted(
+        r["lora_name"] for r in report["cancelled"].values())
+
+
+@pytest.fixture(scope="module")
+def dreambooth_lora_trained_by_node(full_sd15, tmp_path_factory):
+    """Method 'dreambooth_lora' with one class image, which the node generates with the base model first."""
+    root = tmp_path_factory.mktemp("comfy_train_dreambooth_lora")
+    return root, run_train_node(full_sd15, root, "--method", "dreambooth_lora", "--num-class-images", 1)
+
+
+def test_dreambooth_lora_node_generates_its_class_image_and_trains_with_prior(dreambooth_lora_trained_by_node,
+                                                                             full_sd15_names):
+    root, report = dreambooth_lora_trained_by_node
+    run = report["train"]
+    assert run["error"] is None, run["error"]
+    names, _, metadata = lora_file_contents(root / "loras" / run["lora_name"])
+    assert names == full_sd15_names
+    assert (metadata["booth.method"], metadata["booth.class_prompt"]) == ("dreambooth_lora", "a photo of dog")
+    assert (metadata["ss_num_reg_images"], metadata["ss_prior_loss_weight"], metadata["ss_steps"]) == ("1", "1.0", "2")
+
+    work = root / "output" / "booth" / LORA_NAME
+    assert len(list((work / "cache" / "class_images").glob("*/*.png"))) == 1
+    with open(work / "losses.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows] == ["1", "2"] and all(float(row["prior_loss"]) > 0 for row in rows)
+
+    assert run["load_lora_for_models"]["log"] == [] and run["lora_log"] == []
+    assert (run["unet_patched"], run["clip_patched"]) == (len(names), 0)
+    assert [call["value"] for call in run["hook_calls"]] == [1, 2]
+    assert memory_left_behind(run) < LEFT_BEHIND_LIMIT
+    assert report["leftover_temp_files"] == []
