@@ -6,17 +6,21 @@ without ComfyUI) stays cheap and never fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 import traceback
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Iterator, NoReturn
 
 import torch
 
 from ..trainers.errors import BoothError
 from ..trainers.progress import Progress
+
+if TYPE_CHECKING:
+    from ..trainers.checkpoint.components import SDComponents
 
 PROGRESS_EVENT = "booth.progress"
 _SAFE_NAME = re.compile(r"[^\w\-. ]+", re.UNICODE)
@@ -41,6 +45,24 @@ def graph_state_dict(model, clip, vae) -> dict[str, torch.Tensor]:
     state = model.state_dict_for_saving(clip.state_dict_for_saving(), vae.get_sd(), None)
     return {k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(v)).detach().to("cpu").clone()
             for k, v in state.items()}
+
+
+def graph_components(model, clip, vae) -> SDComponents:
+    """A Booth copy (:class:`SDComponents`) of the graph's model, to train or compare against."""
+    from ..trainers.checkpoint.loader import load_components
+
+    return load_components(graph_state_dict(model, clip, vae), name="the connected model",
+                           tokenizer_dir=tokenizer_dir())
+
+
+def load_checkpoint(path: Path) -> tuple:
+    """(MODEL, CLIP, VAE) from a single-file checkpoint, as the standard Load Checkpoint node loads it."""
+    import comfy.sd
+    import folder_paths
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+        str(path), output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))
+    return model, clip, vae
 
 
 def lora_folder() -> Path:
@@ -184,6 +206,17 @@ def release_memory(error: BaseException | None = None) -> None:
         traceback.clear_frames(error.__traceback__)
     gc.collect()
     free_memory()
+
+
+@contextlib.contextmanager
+def memory_released() -> Iterator[None]:
+    """Free what the block held (a model copy: GBs) as soon as it ends, even when it ends by an error."""
+    try:
+        yield
+    except BaseException as error:
+        release_memory(error)
+        raise
+    release_memory()
 
 
 def relative_to_input(path_text: str, widget: str) -> Path:

@@ -1,10 +1,19 @@
-"""TrainLoRA: DreamBooth-LoRA / LoRA training on the graph's MODEL/CLIP/VAE, LoRA into models/loras."""
+"""TrainLoRA: DreamBooth-LoRA / LoRA training on the graph's MODEL/CLIP/VAE, LoRA into models/loras.
+
+Also the parts every Booth training node shares (nodes/dreambooth.py uses them): the widgets for
+steps, prior preservation and the run's settings, the config they make, and the run itself with
+its progress, Cancel and memory handling.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 
-from ..trainers.config import LR_SCHEDULERS, MIXED_PRECISION, LoraConfig, PriorConfig, SampleConfig, TrainConfig
+from ..trainers.config import (LR_SCHEDULERS, METHOD_DEFAULTS, MIXED_PRECISION, LoraConfig, PriorConfig, SampleConfig,
+                               TrainConfig)
 from ..trainers.errors import BoothError
 from . import comfy_bridge
 from .images import DATASET_TYPE, InstanceImages
@@ -20,6 +29,153 @@ TARGET_CHOICES = {
 def _float(default: float, minimum: float, maximum: float, step: float, tooltip: str) -> tuple:
     return ("FLOAT", {"default": default, "min": minimum, "max": maximum, "step": step, "round": False,
                       "tooltip": tooltip})
+
+
+# ---- widgets every training node shows (names and meaning shared, so workflows read alike) -----------
+
+def graph_inputs() -> dict:
+    return {
+        "model": ("MODEL", {"tooltip": "The base model, e.g. from Load Checkpoint (SD1.x, SD2.x or SDXL)."}),
+        "clip": ("CLIP", {"tooltip": "The base model's CLIP."}),
+        "vae": ("VAE", {"tooltip": "The base model's VAE (used once to encode the training images)."}),
+        "dataset": (DATASET_TYPE, {"tooltip": "From Booth Load Instance Images."}),
+    }
+
+
+def output_name_input(name: str, default: str, folder: str) -> dict:
+    return {name: ("STRING", {"default": default, "tooltip": f"File name for {folder} (.safetensors is added)."})}
+
+
+def schedule_inputs(learning_rate: float, learning_rate_tooltip: str) -> dict:
+    return {
+        "steps": ("INT", {"default": 800, "min": 1, "max": 100000, "tooltip": "Optimiser steps. 400-1600 "
+                          "for 3-20 images."}),
+        "learning_rate": _float(learning_rate, 0.0, 1.0, 1e-7, learning_rate_tooltip),
+    }
+
+
+def prior_inputs() -> dict:
+    return {
+        "class_prompt": ("STRING", {"default": "a photo of dog", "tooltip": "The generic class, without "
+                                    "the identifier (prior preservation)."}),
+        "num_class_images": ("INT", {"default": 100, "min": 1, "max": 10000, "tooltip": "Class images to "
+                                     "keep the class intact; missing ones are generated once and reused."}),
+        "prior_loss_weight": _float(1.0, 0.0, 10.0, 0.05, "Weight of the class-image loss."),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": "fixed",
+                         "tooltip": "Same seed, same result."}),
+    }
+
+
+def run_inputs(output_kind: str) -> dict:
+    """Optional settings of a run, in the order the nodes show them."""
+    return {
+        "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per step."}),
+        "gradient_accumulation": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Steps to "
+                                  "accumulate before each update (a larger effective batch)."}),
+        "lr_scheduler": (list(LR_SCHEDULERS), {"default": "constant", "tooltip": "How the learning rate "
+                         "changes over the run (after warm-up)."}),
+        "warmup_steps": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": "Steps over which the "
+                         "learning rate rises from near 0 to its value."}),
+        "mixed_precision": (list(MIXED_PRECISION), {"default": "fp16", "tooltip": "GPU only; the CPU "
+                            "always trains in fp32."}),
+        "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Less GPU memory, ~20% slower."}),
+        "min_snr_gamma": _float(0.0, 0.0, 20.0, 0.5, "Min-SNR loss weighting; 5 is the usual value, 0 = off."),
+        "noise_offset": _float(0.0, 0.0, 1.0, 0.01, "Helps very dark/bright images; 0.05-0.1 or 0."),
+        "class_images_folder": ("STRING", {"default": "", "tooltip": "Optional folder of your own class "
+                                           "images; empty = generate them with the base model."}),
+        "sample_every": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Preview every N "
+                                 "steps (0 = only at the end)."}),
+        "sample_prompt": ("STRING", {"default": "", "tooltip": "Prompt for previews; empty = the instance "
+                                     "prompt."}),
+        "overwrite": ("BOOLEAN", {"default": False, "tooltip": f"Replace an existing {output_kind} of that name."}),
+    }
+
+
+@dataclass(frozen=True)
+class RunWidgets:
+    """The shared widgets' values, as a node received them."""
+
+    steps: int
+    learning_rate: float
+    class_prompt: str
+    num_class_images: int
+    prior_loss_weight: float
+    seed: int
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    mixed_precision: str = "fp16"
+    gradient_checkpointing: bool = True
+    min_snr_gamma: float = 0.0
+    noise_offset: float = 0.0
+    class_images_folder: str = ""
+    sample_every: int = 0
+    sample_prompt: str = ""
+
+    def config(self, method: str, dataset: InstanceImages, output: Path, prior: bool, **sections) -> TrainConfig:
+        """The run's settings: output into ``output``, work files in output/booth/<name>; ``sections``
+        are the method's own (lora=..., dreambooth=..., optimizer=...)."""
+        return TrainConfig(
+            method=method, images=dataset.folder, instance_prompt=dataset.instance_prompt, output=str(output),
+            output_dir=str(comfy_bridge.output_folder() / "booth" / output.stem), seed=self.seed, steps=self.steps,
+            batch_size=self.batch_size, gradient_accumulation=self.gradient_accumulation,
+            learning_rate=self.learning_rate, lr_scheduler=self.lr_scheduler, warmup_steps=self.warmup_steps,
+            mixed_precision=self.mixed_precision, gradient_checkpointing=self.gradient_checkpointing,
+            min_snr_gamma=self.min_snr_gamma, noise_offset=self.noise_offset, data=dataset.data,
+            prior=PriorConfig(enabled=prior, class_prompt=self.class_prompt,
+                              class_images=self.class_images_folder.strip(), num_class_images=self.num_class_images,
+                              loss_weight=self.prior_loss_weight),
+            sample=SampleConfig(every=self.sample_every, prompts=[self.sample_prompt or dataset.instance_prompt]),
+            **sections,
+        ).validate()
+
+
+@dataclass(frozen=True)
+class GraphRun:
+    losses: list[float]
+    steps: int
+    seconds: float
+
+    def curve(self, title: str) -> torch.Tensor:
+        """The loss per step as a ComfyUI IMAGE."""
+        from ..trainers.plots import loss_plot
+
+        return torch.from_numpy(loss_plot(self.losses, title=f"{title}: loss per step")).float()[None] / 255
+
+
+def train_on_graph(config: TrainConfig, unique_id: str | None, model, clip, vae, dataset: InstanceImages) -> GraphRun:
+    """Train a copy of the graph's model as ``config`` says; its result is written to ``config.output``.
+
+    Cancel (ComfyUI's interrupt) stops training after the step in progress. The result trained so
+    far is still saved, complete (written atomically; its metadata records the steps done), the
+    model copy used for training is freed, and then ComfyUI's InterruptProcessingException is
+    raised like any interrupted node: the prompt ends as interrupted and no output is cached, so
+    queueing again trains again (turn on overwrite, or pick a new name). Cancelled while class
+    images are generated, it keeps those images for the next run and writes nothing.
+    """
+    progress = comfy_bridge.ComfyProgress(unique_id, Path(config.output).name)
+    with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode, which forbids autograd
+        try:
+            with comfy_bridge.memory_released():
+                run = _train_copy(config, progress, model, clip, vae, dataset)
+        except BoothError:
+            if progress.stop_requested:  # stopped while making class images
+                comfy_bridge.raise_interrupted()
+            raise
+    if progress.stop_requested:
+        comfy_bridge.raise_interrupted()
+    return run
+
+
+def _train_copy(config: TrainConfig, progress: comfy_bridge.ComfyProgress, model, clip, vae,
+                dataset: InstanceImages) -> GraphRun:
+    """Its own frame, so the model copy (GBs) is freed as soon as it returns."""
+    from ..trainers.train import train
+
+    components = comfy_bridge.graph_components(model, clip, vae)
+    result = train(config, progress, components=components, instance_images=dataset.images)
+    return GraphRun(result.losses, result.steps, result.seconds)
 
 
 class TrainLoRA:
@@ -38,113 +194,41 @@ class TrainLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
+        # The order is the widgets' order in saved workflows: new widgets go at the end of "optional".
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The base model, e.g. from Load Checkpoint (SD1.x, SD2.x or SDXL)."}),
-                "clip": ("CLIP", {"tooltip": "The base model's CLIP."}),
-                "vae": ("VAE", {"tooltip": "The base model's VAE (used once to encode the training images)."}),
-                "dataset": (DATASET_TYPE, {"tooltip": "From Booth Load Instance Images."}),
-                "lora_name": ("STRING", {"default": "booth_subject", "tooltip": "File name for models/loras "
-                                         "(.safetensors is added)."}),
+                **graph_inputs(),
+                **output_name_input("lora_name", "booth_subject", "models/loras"),
                 "method": (["dreambooth_lora", "lora"], {"default": "dreambooth_lora", "tooltip":
                            "dreambooth_lora: identifier + class prior preservation (best quality per byte in the "
                            "reports). lora: plain LoRA on your captions, no class images."}),
-                "steps": ("INT", {"default": 800, "min": 1, "max": 100000, "tooltip": "Optimiser steps. 400-1600 "
-                                  "for 3-20 images."}),
-                "learning_rate": _float(1e-4, 0.0, 1.0, 1e-6, "1e-4 suits LoRA; lower it if results look burnt."),
+                **schedule_inputs(METHOD_DEFAULTS["dreambooth_lora"]["learning_rate"],
+                                  "1e-4 suits LoRA; lower it if results look burnt."),
                 "rank": ("INT", {"default": 16, "min": 1, "max": 256, "tooltip": "LoRA rank: 4-32; higher = bigger "
                                  "file, more capacity."}),
                 "alpha": _float(16.0, 0.01, 1024.0, 0.5, "Scale = alpha / rank; alpha = rank keeps the scale 1."),
-                "class_prompt": ("STRING", {"default": "a photo of dog", "tooltip": "The generic class, without "
-                                            "the identifier (prior preservation)."}),
-                "num_class_images": ("INT", {"default": 100, "min": 1, "max": 10000, "tooltip": "Class images to "
-                                             "keep the class intact; missing ones are generated once and reused."}),
-                "prior_loss_weight": _float(1.0, 0.0, 10.0, 0.05, "Weight of the class-image loss."),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Same seed, same result."}),
+                **prior_inputs(),
             },
             "optional": {
                 "train_text_encoder": ("BOOLEAN", {"default": False, "tooltip": "Also put LoRA on the text "
                                                    "encoder (stronger identity, overfits sooner)."}),
                 "targets": (list(TARGET_CHOICES), {"default": "attention", "tooltip": "Which UNet layers get LoRA."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per step."}),
-                "gradient_accumulation": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Steps to "
-                                          "accumulate before each update (a larger effective batch)."}),
-                "lr_scheduler": (list(LR_SCHEDULERS), {"default": "constant"}),
-                "warmup_steps": ("INT", {"default": 0, "min": 0, "max": 10000}),
-                "mixed_precision": (list(MIXED_PRECISION), {"default": "fp16", "tooltip": "GPU only; the CPU "
-                                    "always trains in fp32."}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Less GPU memory, ~20% slower."}),
-                "min_snr_gamma": _float(0.0, 0.0, 20.0, 0.5, "Min-SNR loss weighting; 5 is the usual value, 0 = off."),
-                "noise_offset": _float(0.0, 0.0, 1.0, 0.01, "Helps very dark/bright images; 0.05-0.1 or 0."),
-                "class_images_folder": ("STRING", {"default": "", "tooltip": "Optional folder of your own class "
-                                                   "images; empty = generate them with the base model."}),
-                "sample_every": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Preview every N "
-                                         "steps (0 = only at the end)."}),
-                "sample_prompt": ("STRING", {"default": "", "tooltip": "Prompt for previews; empty = the instance "
-                                             "prompt."}),
-                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing LoRA of that name."}),
+                **run_inputs("LoRA"),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def train(self, model, clip, vae, dataset: InstanceImages, lora_name, method, steps, learning_rate, rank, alpha,
-              class_prompt, num_class_images, prior_loss_weight, seed, train_text_encoder=False,
-              targets="attention", batch_size=1, gradient_accumulation=1, lr_scheduler="constant", warmup_steps=0,
-              mixed_precision="fp16", gradient_checkpointing=True, min_snr_gamma=0.0, noise_offset=0.0,
-              class_images_folder="", sample_every=0, sample_prompt="", overwrite=False, unique_id=None):
-        """Train, save the LoRA into models/loras, and return the graph's MODEL/CLIP with it applied.
-
-        Cancel (ComfyUI's interrupt) stops training after the step in progress. The LoRA trained so
-        far is still saved, complete (written atomically; its metadata records the steps done), the
-        model copy used for training is freed, and then the node raises ComfyUI's
-        InterruptProcessingException like any interrupted node: the prompt ends as interrupted and
-        no output is cached, so queueing again trains again (turn on overwrite, or pick a new name).
-        Cancelled while class images are generated, it keeps those images for the next run and
-        writes no LoRA.
-        """
-        from ..trainers.plots import loss_plot
-
+    def train(self, model, clip, vae, dataset: InstanceImages, lora_name, method, rank, alpha,
+              train_text_encoder=False, targets="attention", overwrite=False, unique_id=None, **widgets):
+        """Train, save the LoRA into models/loras, and return the graph's MODEL/CLIP with it applied
+        (Cancel: see :func:`train_on_graph`)."""
         output = comfy_bridge.safe_output_path(comfy_bridge.lora_folder(), lora_name, ".safetensors", overwrite,
                                                "lora_name")
-        work = comfy_bridge.output_folder() / "booth" / output.stem
-        config = TrainConfig(
-            method=method, images=dataset.folder, instance_prompt=dataset.instance_prompt, output=str(output),
-            output_dir=str(work), seed=seed, steps=steps, batch_size=batch_size,
-            gradient_accumulation=gradient_accumulation, learning_rate=learning_rate, lr_scheduler=lr_scheduler,
-            warmup_steps=warmup_steps, mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
-            min_snr_gamma=min_snr_gamma, noise_offset=noise_offset, data=dataset.data,
-            prior=PriorConfig(enabled=method == "dreambooth_lora", class_prompt=class_prompt,
-                              class_images=class_images_folder.strip(), num_class_images=num_class_images,
-                              loss_weight=prior_loss_weight),
+        config = RunWidgets(**widgets).config(
+            method, dataset, output, prior=method == "dreambooth_lora",
             lora=LoraConfig(rank=rank, alpha=alpha, unet_targets=TARGET_CHOICES[targets],
-                            text_encoder=train_text_encoder),
-            sample=SampleConfig(every=sample_every, prompts=[sample_prompt or dataset.instance_prompt]),
-        ).validate()
-        progress = comfy_bridge.ComfyProgress(unique_id, output.name)
-        with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode, which forbids autograd
-            try:
-                losses, steps_done, seconds = _train_on_graph(config, progress, model, clip, vae, dataset)
-            except BaseException as error:
-                comfy_bridge.release_memory(error)
-                if isinstance(error, BoothError) and progress.stop_requested:  # stopped making class images
-                    comfy_bridge.raise_interrupted()
-                raise
-        comfy_bridge.release_memory()
-        if progress.stop_requested:
-            comfy_bridge.raise_interrupted()
-        curve = torch.from_numpy(loss_plot(losses, title=f"{output.stem}: loss per step")).float()[None] / 255
+                            text_encoder=train_text_encoder))
+        run = train_on_graph(config, unique_id, model, clip, vae, dataset)
         model_out, clip_out = comfy_bridge.apply_lora(model, clip, output, 1.0, 1.0)
-        return {"ui": {"text": [f"{output.name}: {steps_done} steps in {seconds:.0f} s"]},
-                "result": (model_out, clip_out, output.name, curve)}
-
-
-def _train_on_graph(config: TrainConfig, progress: comfy_bridge.ComfyProgress, model, clip, vae,
-                    dataset: InstanceImages) -> tuple[list[float], int, float]:
-    """Train a copy of the graph's model. Its own frame, so the copy (GBs) is freed as soon as it returns."""
-    from ..trainers.checkpoint.loader import load_components
-    from ..trainers.train import train
-
-    components = load_components(comfy_bridge.graph_state_dict(model, clip, vae), name="the connected model",
-                                 tokenizer_dir=comfy_bridge.tokenizer_dir())
-    result = train(config, progress, components=components, instance_images=dataset.images)
-    return result.losses, result.steps, result.seconds
+        return {"ui": {"text": [f"{output.name}: {run.steps} steps in {run.seconds:.0f} s"]},
+                "result": (model_out, clip_out, output.name, run.curve(output.stem))}

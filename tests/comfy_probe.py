@@ -10,6 +10,7 @@ failure there shows what ComfyUI saw. Always on CPU, so results do not depend on
     python comfy_probe.py nodes --pack FOLDER
     python comfy_probe.py train-node --ckpt MODEL --pack FOLDER --root DIR [--method M ...] [--compare]
                                      [--cancel-by flag|hook ...]
+    python comfy_probe.py dreambooth-node --ckpt MODEL --pack FOLDER --root DIR [--steps N ...]
 """
 
 from __future__ import annotations
@@ -210,13 +211,15 @@ TRAINER_NODE_ID = "7"
 
 
 def _use_folders(root: Path) -> dict[str, Path]:
-    """Point ComfyUI's loras, input and output folders into ``root`` (the node reads them through folder_paths)."""
+    """Point ComfyUI's loras, checkpoints, input and output folders into ``root`` (the nodes read them
+    through folder_paths)."""
     import folder_paths
 
-    folders = {name: root / name for name in ("loras", "input", "output")}
+    folders = {name: root / name for name in ("loras", "checkpoints", "input", "output")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    folder_paths.add_model_folder_path("loras", str(folders["loras"]), is_default=True)
+    for kind in ("loras", "checkpoints"):
+        folder_paths.add_model_folder_path(kind, str(folders[kind]), is_default=True)
     folder_paths.set_input_directory(str(folders["input"]))
     folder_paths.set_output_directory(str(folders["output"]))
     return folders
@@ -342,22 +345,12 @@ def _outputs_report(output: dict, graph: dict, lora_file: Path, args) -> dict:
 def cmd_train_node(args) -> dict:
     """Booth Load Instance Images -> Booth Train LoRA on a loaded checkpoint, as ComfyUI would run them;
     then what ComfyUI makes of the results, a second run under the same name, and cancelled runs."""
-    import torch
-    import comfy.sd
     import nodes
 
     root = Path(args.root)
     folders = _use_folders(root)
-    _write_subject(folders["input"] / SUBJECT_FOLDER)
-    asyncio.run(nodes.load_custom_node(args.pack))
-    loader, trainer = nodes.NODE_CLASS_MAPPINGS["BoothLoadInstanceImages"], nodes.NODE_CLASS_MAPPINGS["BoothTrainLoRA"]
-    with torch.inference_mode():  # the executor runs Load Checkpoint and every other node in inference mode
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(args.ckpt, output_vae=True, output_clip=True,
-                                                                   embedding_directory=None)
-        dataset, preview, count = loader().load(SUBJECT_FOLDER, args.prompt, args.resolution, "center", False,
-                                                False, 1)
-    report = {"image_count": count, "preview": image_report(preview) | {"dtype": str(preview.dtype)}}
-    graph = {"model": model, "clip": clip, "vae": vae, "dataset": dataset}
+    graph, report = _load_graph(args, folders)
+    trainer = nodes.NODE_CLASS_MAPPINGS["BoothTrainLoRA"]
     widgets = {"lora_name": args.lora_name, "method": args.method, "steps": args.steps,
                "learning_rate": args.learning_rate, "rank": args.rank, "alpha": float(args.rank),
                "class_prompt": "a photo of dog", "num_class_images": args.num_class_images,
@@ -380,6 +373,75 @@ def cmd_train_node(args) -> dict:
                               _ProgressHook(cancel_at=1, cancel_by=cancel_by))
         report["cancelled"][cancel_by] = run | {"lora_name": f"{name}.safetensors",
                                                 "file": _lora_file_report(folders["loras"] / f"{name}.safetensors")}
+    report["leftover_temp_files"] = _leftovers(root)
+    return report
+
+
+def _load_graph(args, folders: dict[str, Path]) -> tuple[dict, dict]:
+    """What Load Checkpoint and Booth Load Instance Images give the training node: (inputs, report)."""
+    import torch
+    import comfy.sd
+    import nodes
+
+    _write_subject(folders["input"] / SUBJECT_FOLDER)
+    asyncio.run(nodes.load_custom_node(args.pack))
+    loader = nodes.NODE_CLASS_MAPPINGS["BoothLoadInstanceImages"]
+    with torch.inference_mode():  # the executor runs Load Checkpoint and every other node in inference mode
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(args.ckpt, output_vae=True, output_clip=True,
+                                                                   embedding_directory=None)
+        dataset, preview, count = loader().load(SUBJECT_FOLDER, args.prompt, args.resolution, "center", False,
+                                                False, 1)
+    report = {"image_count": count, "preview": image_report(preview) | {"dtype": str(preview.dtype)}}
+    return {"model": model, "clip": clip, "vae": vae, "dataset": dataset}, report
+
+
+def _checkpoint_file_report(path: Path) -> dict:
+    """A saved checkpoint as ComfyUI's Load Checkpoint sees it: detection, load messages, dtypes, metadata."""
+    import comfy.sd
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return {"exists": False}
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        dtypes = sorted({str(handle.get_slice(key).get_dtype()) for key in handle.keys()})
+    with captured(LOAD_MESSAGES) as load_log:
+        model, _, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True,
+                                                              embedding_directory=None)
+    return {"exists": True, "bytes": path.stat().st_size, "dtypes": dtypes, "load_log": load_log,
+            "model_config": type(model.model.model_config).__name__, "prediction": model.model.model_type.name,
+            "metadata": {key: value for key, value in metadata.items() if key.startswith(("booth.", "modelspec."))
+                         and key != "booth.config"}}
+
+
+def cmd_dreambooth_node(args) -> dict:
+    """Booth Load Instance Images -> Booth Train DreamBooth on a loaded checkpoint, as ComfyUI would run them;
+    then what Load Checkpoint makes of the saved file, and KSampler of the node's MODEL and CLIP."""
+    import nodes
+
+    root = Path(args.root)
+    folders = _use_folders(root)
+    graph, report = _load_graph(args, folders)
+    trainer = nodes.NODE_CLASS_MAPPINGS["BoothTrainDreamBooth"]
+    widgets = {"checkpoint_name": args.checkpoint_name, "prior_preservation": False, "steps": args.steps,
+               "learning_rate": args.learning_rate, "class_prompt": "a photo of dog", "num_class_images": 1,
+               "prior_loss_weight": 1.0, "seed": 0, "extract_lora_rank": args.extract_lora_rank}
+    report["train"], output = _run_trainer(trainer, graph, widgets, _ProgressHook())
+    report["checkpoints"] = sorted(path.name for path in folders["checkpoints"].iterdir())
+    report["loras"] = sorted(path.name for path in folders["loras"].iterdir())
+    if output is not None:
+        model_out, clip_out, checkpoint_name, lora_name, curve = output["result"]
+        base = generate(graph["model"], graph["clip"], graph["vae"], 1, args.seed, args.resolution, args.prompt)
+        trained = generate(model_out, clip_out, graph["vae"], 1, args.seed, args.resolution, args.prompt)
+        report["train"] |= {"ui": output["ui"], "checkpoint_name": checkpoint_name, "lora_name": lora_name,
+                            "curve": image_report(curve),
+                            "model_out": type(model_out.model.model_config).__name__,
+                            "compare": {"base": image_report(base), "trained": image_report(trained),
+                                        "mean_abs_pixel_diff": float((trained - base).abs().mean() * 255.0)},
+                            "file": _checkpoint_file_report(folders["checkpoints"] / checkpoint_name),
+                            "base_bytes": Path(args.ckpt).stat().st_size}
+        if lora_name:
+            report["train"]["lora_file"] = _lora_file_report(folders["loras"] / lora_name)
     report["leftover_temp_files"] = _leftovers(root)
     return report
 
@@ -422,11 +484,22 @@ def main() -> None:
     train.add_argument("--cancel-by", nargs="*", default=[], choices=["flag", "hook"],
                        help="also run a training cancelled after its first step, once per way of cancelling")
     train.add_argument("--cancel-steps", type=int, default=3, help="steps asked of a run that will be cancelled")
+    dreambooth = verbs.add_parser("dreambooth-node", help="run Booth's DreamBooth node on a checkpoint")
+    dreambooth.add_argument("--ckpt", required=True)
+    dreambooth.add_argument("--pack", required=True, help="the pack's folder inside a custom_nodes folder")
+    dreambooth.add_argument("--root", required=True, help="folder for ComfyUI's model, input and output folders")
+    dreambooth.add_argument("--checkpoint-name", default="booth_dreambooth_test")
+    dreambooth.add_argument("--steps", type=int, default=1)
+    dreambooth.add_argument("--resolution", type=int, default=64)
+    dreambooth.add_argument("--learning-rate", type=float, default=1e-4)
+    dreambooth.add_argument("--extract-lora-rank", type=int, default=0)
+    dreambooth.add_argument("--seed", type=int, default=0, help="sampling seed for the comparison")
+    dreambooth.add_argument("--prompt", default="a photo of sks dog")
     args = parser.parse_args()
 
     use_cpu()
     commands = {"sample": cmd_sample, "keymap": cmd_keymap, "resave": cmd_resave, "nodes": cmd_nodes,
-                "train-node": cmd_train_node}
+                "train-node": cmd_train_node, "dreambooth-node": cmd_dreambooth_node}
     result = commands[args.verb](args)
     sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
 

@@ -382,3 +382,54 @@ def test_dreambooth_lora_node_generates_its_class_image_and_trains_with_prior(dr
     assert [call["value"] for call in run["hook_calls"]] == [1, 2]
     assert memory_left_behind(run) < LEFT_BEHIND_LIMIT
     assert report["leftover_temp_files"] == []
+
+
+# ---- Booth Train DreamBooth run inside ComfyUI on the full SD1.5 file ----------------------------------
+# A full UNet fine-tune in float32 on the CPU holds the weights, their gradients and two Adam moments:
+# about 16 GB for SD1.5. One step at 64 px, no class images; the extracted LoRA is rank 4.
+DREAMBOOTH_NAME = "booth_dreambooth_test"
+
+
+@pytest.fixture(scope="module")
+def dreambooth_trained_by_node(full_sd15, tmp_path_factory):
+    root = tmp_path_factory.mktemp("comfy_train_dreambooth")
+    return root, run_probe("dreambooth-node", "--ckpt", full_sd15, "--pack", install_pack(root), "--root", root,
+                           "--checkpoint-name", DREAMBOOTH_NAME, "--steps", 1, "--resolution", RESOLUTION,
+                           "--learning-rate", LEARNING_RATE, "--extract-lora-rank", RANK)
+
+
+def test_dreambooth_node_saves_a_checkpoint_that_load_checkpoint_reads_and_samples(dreambooth_trained_by_node):
+    root, report = dreambooth_trained_by_node
+    run = report["train"]
+    assert run["error"] is None, run["error"]
+    assert run["checkpoint_name"] == f"{DREAMBOOTH_NAME}.safetensors" and report["checkpoints"] == [
+        run["checkpoint_name"]]
+    assert run["ui"]["text"][0].startswith(f"{DREAMBOOTH_NAME}.safetensors: 1 steps in ")
+
+    file = run["file"]
+    assert (file["model_config"], file["prediction"]) == ("SD15", "EPS")
+    assert warnings_in(file["load_log"]) == []  # every key where Load Checkpoint expects it
+    assert [kind for kind in file["dtypes"] if kind.startswith(("F", "BF"))] == ["F16"]  # the default precision
+    assert abs(file["bytes"] - run["base_bytes"]) < 0.01 * run["base_bytes"]  # the same ~2.1 GB as the fp16 base
+    assert (file["metadata"]["booth.method"], file["metadata"]["booth.steps"]) == ("dreambooth", "1")
+    assert file["metadata"]["modelspec.architecture"] == "stable-diffusion-v1"
+
+    assert run["model_out"] == "SD15"  # the node's MODEL is the saved checkpoint, ready for KSampler
+    compare = run["compare"]
+    assert compare["trained"]["finite"] and compare["trained"]["shape"] == [1, RESOLUTION, RESOLUTION, 3]
+    assert compare["mean_abs_pixel_diff"] > 0.5  # one step at 1e-3 on every UNet weight shows
+    assert [call["value"] for call in run["hook_calls"]] == [1] and not run["interrupted_flag_after"]
+    # Left behind: the MODEL and CLIP the node outputs (at most float32, twice the fp16 file), not the
+    # training copy (float32 weights, gradients and two Adam moments: about 7 times the file).
+    assert memory_left_behind(run) < 2 * file["bytes"] + LEFT_BEHIND_LIMIT
+    assert report["leftover_temp_files"] == []
+
+
+def test_dreambooth_node_extracts_a_lora_that_comfyui_loads(dreambooth_trained_by_node):
+    root, report = dreambooth_trained_by_node
+    run = report["train"]
+    assert run["lora_name"] == f"{DREAMBOOTH_NAME}_lora.safetensors" and report["loras"] == [run["lora_name"]]
+    assert run["lora_file"]["finite"] and run["lora_file"]["tensors"] > 0
+    names, suffixes, metadata = lora_file_contents(root / "loras" / run["lora_name"])
+    assert suffixes == {DOWN, UP, ALPHA} and all(name.startswith("lora_unet_") for name in names)
+    assert int(metadata["ss_network_dim"]) <= RANK

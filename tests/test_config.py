@@ -11,7 +11,9 @@ from trainers.config import (TrainConfig, apply_overrides, config_from_dict, con
                              save_config)
 from trainers.errors import BoothError
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+# Training configs are the examples that name a method (examples/compare.yaml configures a comparison).
+EXAMPLES = sorted(path for path in (Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")
+                  if "method" in yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
 def valid(**changes) -> TrainConfig:
