@@ -18,6 +18,7 @@ import torch
 
 from ..trainers.errors import BoothError
 from ..trainers.progress import Progress
+from . import ui
 
 if TYPE_CHECKING:
     from ..trainers.checkpoint.components import SDComponents
@@ -158,6 +159,7 @@ class ComfyProgress(Progress):
 
             first = (image_to_comfy(images[:1])[0].numpy() * 255).round().astype("uint8")
             self._update_bar(step, None, ("PNG", Image.fromarray(first), 512))
+            self._send(ui.sample_event(step, images))
 
     def on_message(self, text: str) -> None:
         self._send({"event": "message", "text": text})

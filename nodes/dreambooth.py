@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..trainers.config import METHOD_DEFAULTS, OPTIMIZERS, SAVE_DTYPES, DreamBoothConfig, TrainConfig
-from . import comfy_bridge
+from . import comfy_bridge, ui
 from .images import InstanceImages
 from .train import (RunWidgets, _float, graph_inputs, output_name_input, prior_inputs, run_inputs, schedule_inputs,
                     train_on_graph)
@@ -93,9 +93,9 @@ class TrainDreamBooth:
             with comfy_bridge.memory_released():  # the base model's copy used for the difference
                 lines += extract_to_lora(model, clip, vae, output, lora_output, extract_lora_rank)
         model_out, clip_out, _ = comfy_bridge.load_checkpoint(output)
-        return {"ui": {"text": lines},
-                "result": (model_out, clip_out, output.name, lora_output.name if lora_output else "",
-                           run.curve(output.stem))}
+        curve = run.curve(output.stem)
+        return {"ui": {"text": lines, **ui.images_ui(curve, f"booth_{output.stem}_loss")},
+                "result": (model_out, clip_out, output.name, lora_output.name if lora_output else "", curve)}
 
 
 def extract_to_lora(model, clip, vae, tuned: Path, output: Path, rank: int) -> list[str]:

@@ -13,7 +13,7 @@ from ..trainers.errors import BoothError
 from ..trainers.sampling import SCHEDULERS
 from . import comfy_bridge
 
-CATEGORY = "Booth/Evaluate"
+CATEGORY = "Booth/evaluate"
 _MODEL_TIP = ("A full CLIP model (text + vision) as a Hugging Face folder, or a .safetensors file with its "
               "config.json: a path, or empty to search ComfyUI's models/clip, models/text_encoders and "
               "models/clip_vision folders. Nothing is downloaded.")

@@ -78,7 +78,7 @@ class MergeLoRA:
     DESCRIPTION = ("Merge up to three LoRAs into the connected MODEL and CLIP, each with its own UNet and text-encoder "
                    "strength, after checking each one fits the model (a LoRA for another model is refused, naming "
                    "both). Optionally save the result as a single-file checkpoint in models/checkpoints.")
-    CATEGORY = "Booth/LoRA"
+    CATEGORY = "Booth/lora"
     FUNCTION = "merge"
     RETURN_TYPES = ("MODEL", "CLIP", "STRING")
     RETURN_NAMES = ("model", "clip", "checkpoint_name")
@@ -157,7 +157,7 @@ def save_graph_checkpoint(model, clip, vae, output, dtype: str, loras: list[tupl
 class CombineLoRAs:
     DESCRIPTION = ("Combine up to three LoRAs into one LoRA file in models/loras: exactly (ranks side by side) or "
                    "re-compressed by SVD to a target rank, reporting how much of the combined update it keeps.")
-    CATEGORY = "Booth/LoRA"
+    CATEGORY = "Booth/lora"
     FUNCTION = "combine"
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("lora_name",)

@@ -15,7 +15,7 @@ import torch
 from ..trainers.config import (LR_SCHEDULERS, METHOD_DEFAULTS, MIXED_PRECISION, LoraConfig, PriorConfig, SampleConfig,
                                TrainConfig)
 from ..trainers.errors import BoothError
-from . import comfy_bridge
+from . import comfy_bridge, ui
 from .images import DATASET_TYPE, InstanceImages
 
 TARGET_CHOICES = {
@@ -230,5 +230,7 @@ class TrainLoRA:
                             text_encoder=train_text_encoder))
         run = train_on_graph(config, unique_id, model, clip, vae, dataset)
         model_out, clip_out = comfy_bridge.apply_lora(model, clip, output, 1.0, 1.0)
-        return {"ui": {"text": [f"{output.name}: {run.steps} steps in {run.seconds:.0f} s"]},
-                "result": (model_out, clip_out, output.name, run.curve(output.stem))}
+        curve = run.curve(output.stem)
+        return {"ui": {"text": [f"{output.name}: {run.steps} steps in {run.seconds:.0f} s"],
+                       **ui.images_ui(curve, f"booth_{output.stem}_loss")},
+                "result": (model_out, clip_out, output.name, curve)}

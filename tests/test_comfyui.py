@@ -61,14 +61,14 @@ def comfy_python() -> str:
     return sys.executable
 
 
-def run_probe(*args: object, timeout: float = 900) -> dict:
-    """Run one comfy_probe.py verb inside ComfyUI and return its JSON report."""
+def run_probe(*args: object, timeout: float = 900, probe: Path = PROBE) -> dict:
+    """Run one verb of a probe script (default comfy_probe.py) inside ComfyUI and return its JSON report."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(COMFYUI), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([comfy_python(), str(PROBE), *map(str, args)], cwd=COMFYUI, env=env,
+    done = subprocess.run([comfy_python(), str(probe), *map(str, args)], cwd=COMFYUI, env=env,
                           capture_output=True, text=True, timeout=timeout)
     reports = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not reports:
-        pytest.fail(f"comfy_probe.py {args[0]} failed (exit {done.returncode}):\n{done.stderr[-6000:]}")
+        pytest.fail(f"{probe.name} {args[0]} failed (exit {done.returncode}):\n{done.stderr[-6000:]}")
     return json.loads(reports[-1][len(RESULT_PREFIX):])
 
 

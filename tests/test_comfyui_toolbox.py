@@ -8,14 +8,12 @@ tests/test_comfyui.py, whose helpers these tests use).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
-from comfy_probe import RESULT_PREFIX
-from test_comfyui import COMFYUI, EVERY_LAYER, IS_CHECKOUT, comfy_python, install_pack, run_probe, warnings_in
+from test_comfyui import EVERY_LAYER, IS_CHECKOUT, install_pack, run_probe, warnings_in
 from trainers.checkpoint.loader import load_components
 from trainers.files import read_safetensors_header
 from trainers.lora import add_lora, save_lora
@@ -29,7 +27,7 @@ pytestmark = [
                                                "to run these tests"),
 ]
 
-PROBE = os.path.join(os.path.dirname(__file__), "comfy_toolbox_probe.py")
+PROBE = Path(__file__).with_name("comfy_toolbox_probe.py")
 STRENGTH, TEXT_STRENGTH = 0.8, 0.6
 # Images are 0..1. The baked file (fp16, like its base) stores each patched weight rounded once to
 # fp16, while ComfyUI on a CPU patches float32 copies; that rounding is the only difference (max
@@ -37,15 +35,8 @@ STRENGTH, TEXT_STRENGTH = 0.8, 0.6
 SAME_IMAGE = 2e-3
 
 
-def run_toolbox_probe(*args: object, timeout: float = 1500) -> dict:
-    """Run one comfy_toolbox_probe.py verb inside ComfyUI and return its JSON report."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(COMFYUI), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([comfy_python(), PROBE, *map(str, args)], cwd=COMFYUI, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    reports = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if done.returncode != 0 or not reports:
-        pytest.fail(f"comfy_toolbox_probe.py {args[0]} failed (exit {done.returncode}):\n{done.stderr[-6000:]}")
-    return json.loads(reports[-1][len(RESULT_PREFIX):])
+def run_toolbox_probe(*args: object) -> dict:
+    return run_probe(*args, timeout=1500, probe=PROBE)
 
 
 @pytest.fixture(scope="module")

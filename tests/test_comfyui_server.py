@@ -1,0 +1,289 @@
+"""Booth inside a real, running ComfyUI server, driven the way the browser drives it.
+
+The pack is installed into a temporary custom_nodes folder, the example workflows are converted
+from the front end's format to API prompts with /object_info and queued on /prompt, and the
+websocket is read for Booth's live-view events. Skipped unless COMFYUI_PATH names a ComfyUI
+checkout. ComfyUI only loads real architectures, so the model is the full-size SD1.5 with random
+weights, at 64 px and with one or two steps everywhere: about 20 minutes on 2 busy CPU cores.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_server import ComfyServer, workflow_to_prompt
+from trainers.files import read_safetensors_header
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / "example_workflows"
+COMFYUI = Path(os.environ["COMFYUI_PATH"]).expanduser() if os.environ.get("COMFYUI_PATH") else None
+IS_CHECKOUT = COMFYUI is not None and (COMFYUI / "main.py").is_file() and (COMFYUI / "comfy" / "sd.py").is_file()
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.slow,
+    pytest.mark.skipif(not IS_CHECKOUT, reason="set COMFYUI_PATH to a ComfyUI checkout to run these tests"),
+]
+
+PACK = "booth"  # the folder name inside custom_nodes
+CHECKPOINT = "sd15_random.safetensors"
+TRAIN_STEPS = 2
+# The shipped workflows with everything made small: same graph, same nodes, 64 px, 1-2 steps.
+SMALL = {
+    "CheckpointLoaderSimple": {"ckpt_name": CHECKPOINT},
+    "BoothLoadInstanceImages": {"resolution": 64},
+    "BoothTrainLoRA": {"steps": TRAIN_STEPS, "rank": 4, "alpha": 4.0, "learning_rate": 1e-3, "num_class_images": 1,
+                       "sample_every": TRAIN_STEPS},
+    "BoothTrainDreamBooth": {"steps": TRAIN_STEPS, "num_class_images": 1, "sample_every": 0},
+    "BoothCompareModels": {"ckpt_name": CHECKPOINT, "variants": "lora: booth_subject_lora.safetensors @ 1.0",
+                           "prompt_count": 1, "steps": "1", "width": 64, "height": 64},
+    "EmptyLatentImage": {"width": 64, "height": 64},
+    "KSampler": {"steps": 1},
+}
+# A full fine-tune of the full-size SD1.5 on the CPU: fp32 weights, gradients and Adam state of the UNet
+# (~14 GB) beside the model ComfyUI holds.
+FULL_DREAMBOOTH_MEMORY = 20 * 2**30
+RUN_TIMEOUT = 1800  # the LoRA template took ~9 minutes on 2 CPU cores shared with other jobs
+# The pack's nodes the node search must offer (the test also checks any others it registers).
+BOOTH_NODES = {"BoothLoadInstanceImages", "BoothTrainLoRA", "BoothTrainDreamBooth", "BoothMergeLoRA",
+               "BoothCombineLoRAs", "BoothCLIPScore", "BoothCompareModels"}
+
+
+def comfy_python() -> str:
+    chosen = os.environ.get("COMFYUI_PYTHON")
+    if chosen:
+        return chosen
+    for venv_python in (COMFYUI / ".venv" / "bin" / "python", COMFYUI / ".venv" / "Scripts" / "python.exe"):
+        if venv_python.is_file():
+            return str(venv_python)
+    return sys.executable
+
+
+def write_subject(folder: Path, count: int = 3) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        array = rng.integers(0, 80, (72, 64, 3), dtype=np.uint8)
+        array[16:56, 12:52] = (200, 40 * i, 30)
+        Image.fromarray(array).save(folder / f"photo_{i}.png")
+
+
+@pytest.fixture(scope="module")
+def server(full_sd15, tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfyui_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
+    (base / "models" / "checkpoints").mkdir(parents=True)
+    (base / "models" / "checkpoints" / CHECKPOINT).symlink_to(full_sd15)
+    write_subject(base / "input" / "subject")
+    comfy = ComfyServer(COMFYUI, comfy_python(), base)
+    comfy.start()
+    yield comfy
+    comfy.stop()
+
+
+@pytest.fixture(scope="module")
+def object_info(server) -> dict:
+    return server.get("/object_info")
+
+
+def booth_nodes(object_info: dict) -> dict:
+    return {name: info for name, info in object_info.items() if info["python_module"] == f"custom_nodes.{PACK}"}
+
+
+def load_workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / name).read_text(encoding="utf-8"))
+
+
+def small_prompt(workflow: dict, object_info: dict) -> dict:
+    prompt = workflow_to_prompt(workflow, object_info)
+    for node in prompt.values():
+        for name, value in SMALL.get(node["class_type"], {}).items():
+            if name in node["inputs"]:
+                assert not isinstance(node["inputs"][name], list), f"{name} is wired, not a widget"
+                node["inputs"][name] = value
+    return prompt
+
+
+def set_group_mode(workflow: dict, title_start: str, mode: int) -> dict:
+    """What Ctrl+M on a group does in the front end: set the mode of every node inside it."""
+    changed = copy.deepcopy(workflow)
+    group = next(g for g in changed["groups"] if g["title"].startswith(title_start))
+    x, y, width, height = group["bounding"]
+    for node in changed["nodes"]:
+        if x <= node["pos"][0] < x + width and y <= node["pos"][1] < y + height:
+            node["mode"] = mode
+    return changed
+
+
+def saved_images(server: ComfyServer, run, node_id: str) -> list[Path]:
+    images = run.history["outputs"][node_id]["images"]
+    return [server.base / image["type"] / image["subfolder"] / image["filename"] for image in images]
+
+
+def booth_progress(run, node_id: str) -> list[dict]:
+    return [data for data in run.of_type("booth.progress") if str(data.get("node")) == node_id]
+
+
+def check_live_view(run, node_id: str, lora_file: str, sample_steps: list[int]) -> None:
+    """The training node's live view got a start, one event per step with loss and ETA, the sample
+    previews, and kept the final loss plot as ui images."""
+    events = booth_progress(run, node_id)
+    assert [event["total"] for event in events if event["event"] == "start"] == [TRAIN_STEPS]
+    steps = [event for event in events if event["event"] == "step"]
+    assert [event["step"] for event in steps] == list(range(1, TRAIN_STEPS + 1))
+    assert all(np.isfinite(event["loss"]) and event["loss"] > 0 and event["eta"] >= 0 for event in steps)
+    assert steps[-1]["eta"] == 0 and {event["title"] for event in events} == {lora_file}
+    samples = [event for event in events if event["event"] == "sample"]
+    assert [event["step"] for event in samples] == sample_steps
+    assert all(event["image"].startswith("data:image/jpeg;base64,") and len(event["image"]) < 60_000
+               for event in samples)
+    assert run.binary_previews >= len(samples)  # the same samples through ComfyUI's own progress-bar preview
+
+    executed = {str(data["node"]): data["output"] for data in run.of_type("executed")}
+    ui = executed[node_id]
+    assert ui["text"][0].startswith(f"{lora_file}: {TRAIN_STEPS} steps in ")
+    [plot] = ui["images"]
+    assert plot["type"] == "temp"
+
+
+def test_pack_loads_fast_with_native_nodes_templates_and_web_extension(server, object_info):
+    log = server.log()
+    assert "IMPORT FAILED" not in log and "Cannot import" not in log
+    seconds = re.search(r"([\d.]+) seconds: \S*custom_nodes[/\\]" + PACK + r"\s*$", log, re.MULTILINE)
+    assert seconds and float(seconds.group(1)) < 1.0, log[-3000:]  # diffusers alone would take seconds
+
+    nodes = booth_nodes(object_info)
+    assert BOOTH_NODES <= set(nodes)
+    builtin_names = {info["display_name"] for name, info in object_info.items() if name not in nodes}
+    for name, info in nodes.items():
+        assert info["category"].startswith("Booth/") and info["display_name"].startswith("Booth ")
+        assert info["display_name"] not in builtin_names
+        assert len(info["output_name"]) == len(info["output"]) and all(info["output_name"])
+        for group in ("required", "optional"):
+            for input_name, spec in info["input"].get(group, {}).items():
+                assert (spec[1] if len(spec) > 1 else {}).get("tooltip"), f"{name}.{input_name} has no tooltip"
+
+    templates = server.get("/workflow_templates")[PACK]
+    assert sorted(templates) == sorted(path.stem for path in WORKFLOWS.glob("*.json"))
+    assert f"/extensions/{PACK}/booth.js" in server.get("/extensions")
+
+
+@pytest.fixture(scope="module")
+def lora_run(server, object_info):
+    """The LoRA template run once; its LoRA is also the "tuned" model of the comparison template."""
+    return server.run(small_prompt(load_workflow("booth_lora_train_and_generate.json"), object_info), RUN_TIMEOUT)
+
+
+def available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as info:
+            fields = dict(line.split(":", 1) for line in info)
+    except OSError:
+        return None
+    return int(fields["MemAvailable"].split()[0]) * 1024
+
+
+def test_lora_workflow_trains_generates_and_the_standard_lora_loader_reads_the_lora(server, object_info, lora_run):
+    workflow, run = load_workflow("booth_lora_train_and_generate.json"), lora_run
+    assert run.outcome == "execution_success", run.events[-1]
+
+    lora = server.base / "models" / "loras" / "booth_subject_lora.safetensors"
+    _, metadata = read_safetensors_header(lora)
+    assert (metadata["booth.method"], metadata["booth.steps"]) == ("lora", str(TRAIN_STEPS))
+    check_live_view(run, "10", lora.name, sample_steps=[TRAIN_STEPS])
+    [image] = saved_images(server, run, "25")
+    assert image.is_file() and Image.open(image).size == (64, 64)
+
+    # Later: group 4 (Load LoRA) un-muted, training and its generation muted, as the note says.
+    later = set_group_mode(set_group_mode(set_group_mode(workflow, "4 ", 0), "2 ", 2), "3 ", 2)
+    prompt = small_prompt(later, object_info)
+    assert {node["class_type"] for node in prompt.values()} >= {"LoraLoader", "KSampler"}
+    assert "BoothTrainLoRA" not in {node["class_type"] for node in prompt.values()}
+    log_before = len(server.log())
+    again = server.run(prompt, RUN_TIMEOUT)
+    assert again.outcome == "execution_success", again.events[-1]
+    assert "lora key not loaded" not in server.log()[log_before:]
+    [image] = saved_images(server, again, "45")
+    assert image.is_file() and Image.open(image).size == (64, 64)
+
+
+def test_dreambooth_lora_workflow_generates_class_images_and_trains_with_prior(server, object_info):
+    prompt = small_prompt(load_workflow("booth_dreambooth_lora_prior_preservation.json"), object_info)
+    prompt["10"]["inputs"]["sample_every"] = 0  # previews are covered above; each costs a 25-step generation
+    run = server.run(prompt, RUN_TIMEOUT)
+    assert run.outcome == "execution_success", run.events[-1]
+
+    lora = server.base / "models" / "loras" / "booth_subject_dreambooth_lora.safetensors"
+    _, metadata = read_safetensors_header(lora)
+    assert (metadata["booth.method"], metadata["booth.class_prompt"]) == ("dreambooth_lora", "a photo of dog")
+    assert metadata["ss_num_reg_images"] == "1"
+    work = server.base / "output" / "booth" / lora.stem
+    assert len(list((work / "cache" / "class_images").glob("*/*.png"))) == 1
+    check_live_view(run, "10", lora.name, sample_steps=[])
+    for node_id in ("25", "35"):
+        [image] = saved_images(server, run, node_id)
+        assert image.is_file() and Image.open(image).size == (64, 64)
+
+
+def test_full_dreambooth_workflow_saves_a_checkpoint_that_load_checkpoint_reads(server, object_info):
+    free = available_memory()
+    if free is not None and free < FULL_DREAMBOOTH_MEMORY:
+        pytest.skip(f"a full DreamBooth of the full-size SD1.5 needs ~{FULL_DREAMBOOTH_MEMORY >> 30} GB of free "
+                    f"memory; {free / 2**30:.1f} GB available")
+    workflow = load_workflow("booth_full_dreambooth_checkpoint.json")
+    run = server.run(small_prompt(workflow, object_info), RUN_TIMEOUT)
+    assert run.outcome == "execution_success", run.events[-1]
+
+    checkpoint = server.base / "models" / "checkpoints" / "booth_subject_dreambooth.safetensors"
+    assert checkpoint.is_file()
+    check_live_view(run, "10", checkpoint.name, sample_steps=[])
+    [image] = saved_images(server, run, "25")
+    assert Image.open(image).size == (64, 64)
+
+    later = set_group_mode(set_group_mode(set_group_mode(workflow, "4 ", 0), "2 ", 2), "3 ", 2)
+    prompt = small_prompt(later, object_info)
+    assert prompt["30"]["inputs"]["ckpt_name"] == checkpoint.name
+    again = server.run(prompt, RUN_TIMEOUT)
+    assert again.outcome == "execution_success", again.events[-1]
+    [image] = saved_images(server, again, "45")
+    assert Image.open(image).size == (64, 64)
+
+
+@pytest.fixture(scope="module")
+def clip_judge(server) -> Path:
+    """A random tiny CLIP (text + vision) where the CLIP Score node looks for one: models/clip."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                         num_attention_heads=4, max_position_embeddings=77),
+                        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                           num_attention_heads=4, image_size=32, patch_size=8),
+                        projection_dim=16)
+    folder = server.base / "models" / "clip" / "clip-tiny"
+    CLIPModel(config).eval().save_pretrained(folder)
+    return folder
+
+
+def test_compare_workflow_scores_base_and_tuned_with_clip_score(server, object_info, lora_run, clip_judge):
+    assert lora_run.outcome == "execution_success"  # it made models/loras/booth_subject_lora.safetensors
+    run = server.run(small_prompt(load_workflow("booth_compare_base_vs_tuned.json"), object_info), RUN_TIMEOUT)
+    assert run.outcome == "execution_success", run.events[-1]
+
+    executed = {str(data["node"]): data["output"] for data in run.of_type("executed")}
+    tables = {node_id: executed[node_id]["text"][0] for node_id in ("30", "31")}
+    assert all("CLIP-T" in table and "CLIP-I" in table for table in tables.values()), tables
+    for node_id in ("40", "41", "51", "52"):  # score tables, the comparison grid and its plots
+        assert all(path.is_file() for path in saved_images(server, run, node_id)), node_id
+    assert list((server.base / "output" / "booth" / "compare").glob("*")), "Compare Models wrote no report"
