@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -189,7 +190,7 @@ def _problems(c: TrainConfig) -> list[str]:
     for name in ("learning_rate", "text_encoder_lr", "weight_decay", "max_grad_norm", "min_snr_gamma",
                  "noise_offset", "warmup_steps", "save_every", "sample.every", "prior.loss_weight"):
         value = _get(c, name)
-        need(value is None or value >= 0, name, f"is {value}; it must be 0 or more.")
+        need(value is None or 0 <= value < math.inf, name, f"is {value}; it must be a finite number, 0 or more.")
     res = c.data.resolution
     need(res >= 64 and res % 8 == 0, "data.resolution",
          f"is {res}; use a positive multiple of 8 of at least 64 (512 for SD1.5, 1024 for SDXL).")
@@ -204,7 +205,9 @@ def _problems(c: TrainConfig) -> list[str]:
     if c.prior.enabled:
         need(bool(c.prior.class_prompt.strip()), "prior.class_prompt",
              "is empty but prior preservation is on; set it (e.g. 'a photo of dog') or set prior.enabled=false.")
-        need(c.prior.num_class_images >= 1, "prior.num_class_images", f"is {c.prior.num_class_images}; use at least 1.")
+        need(c.prior.num_class_images >= max(1, c.batch_size), "prior.num_class_images",
+             f"is {c.prior.num_class_images} but each step takes batch_size={c.batch_size} class images; "
+             f"use at least {max(1, c.batch_size)}.")
     return found
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
+import re
 import struct
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,6 +26,7 @@ from .errors import BoothError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 
@@ -84,7 +88,8 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
         (header_len,) = struct.unpack("<Q", head)
         if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
             raise BoothError(f"{file} is not a valid safetensors file (its header claims {header_len} bytes; "
-                             f"the file has {size}). It is truncated or not a safetensors file.")
+                             f"the file has {size}). It is truncated or not a safetensors file; "
+                             "re-download or re-export it.")
         try:
             header = json.loads(handle.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -119,17 +124,42 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         try:
             tensors = load_file(str(file))
         except Exception as exc:  # safetensors raises several types for damaged files
-            raise BoothError(f"{file} could not be read as safetensors ({exc}). It may be truncated or corrupt.") from None
+            raise BoothError(f"{file} could not be read as safetensors ({_first_line(exc)}). It may be truncated or "
+                             "corrupt; re-download or re-export it.") from None
         return tensors, metadata
     if suffix in PICKLE_SUFFIXES:
-        try:
-            loaded = torch.load(str(file), map_location="cpu", weights_only=True, mmap=False)
-        except Exception as exc:
-            raise BoothError(f"{file} could not be loaded safely ({type(exc).__name__}: {str(exc)[:200]}). Only plain "
-                             "tensor checkpoints are accepted; files that need arbitrary code are refused. "
-                             "Convert it to .safetensors with a tool you trust.") from None
-        return _unwrap_pickled_state_dict(loaded, file), {}
+        return _unwrap_pickled_state_dict(load_pickle(file), file), {}
     raise BoothError(f"{file}: unsupported file type {suffix!r}; expected .safetensors, .ckpt, .pt, .pth or .bin.")
+
+
+def load_pickle(path: str | os.PathLike) -> object:
+    """``torch.load`` with ``weights_only=True``: tensors, numbers, strings and containers only.
+
+    A pickle that asks for anything else (a class, a function such as ``exec``) is refused before
+    that object is created, so no code in the file runs; the message names what it asked for.
+    """
+    file = Path(path)
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols it may not know; the refusal says enough
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(str(file), map_location="cpu", weights_only=True, mmap=False)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise BoothError(f"{file} is truncated or corrupt ({_first_line(exc)}). "
+                             "Re-download or re-export it.") from None
+        wanted = _REFUSED_GLOBAL.search(str(exc))
+        asks = f" (it asks for {wanted.group(1)})" if wanted else ""
+        raise BoothError(f"{file} could not be loaded safely: it holds pickled objects other than tensors{asks}, "
+                         "and loading them could run code. Only plain tensor checkpoints are accepted; use a "
+                         ".safetensors version of the model, or convert this one with a tool you trust.") from None
+    except Exception as exc:  # a cut-off zip, an empty or non-pickle file: torch raises many types
+        raise BoothError(f"{file} is truncated or corrupt, or not a PyTorch checkpoint ({_first_line(exc)}). "
+                         "Re-download or re-export it.") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0][:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _unwrap_pickled_state_dict(loaded: object, file: Path) -> dict[str, torch.Tensor]:

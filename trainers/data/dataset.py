@@ -117,6 +117,16 @@ def scan_image_folder(folder: str | os.PathLike, *, instance_prompt: str | None 
     return ImageFolderScan(root, tuple(items), tuple(skipped))
 
 
+def check_batch_fits(items: Sequence[ImageItem], batch_size: int, source: str) -> None:
+    """Refuse a batch larger than an epoch: it could only be filled by showing an image twice in one
+    step, and the batcher would silently train on smaller batches than asked for instead."""
+    samples = sum(item.repeats for item in items)
+    if batch_size > samples:
+        raise BoothError(f"batch_size is {batch_size}, but {source} gives only {samples} sample(s) per epoch "
+                         f"({len(items)} image(s), repeats included). Lower batch_size to {samples} or less, "
+                         "or raise data.repeats (or add images).")
+
+
 def validate_image_batch(images: object, name: str = "images") -> torch.Tensor:
     """Check an image batch in ComfyUI's convention (float BHWC in [0, 1], 1/3/4 channels); HWC becomes a batch of one."""
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():

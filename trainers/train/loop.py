@@ -22,6 +22,7 @@ from .batches import EncodedSet, derived_seed
 from .noise import diffusion_loss, min_snr_weights, sample_noise, sample_timesteps, training_target
 from .optim import make_lr_schedule, make_optimizer
 from .ema import unet_average
+from .faults import out_of_memory_advice
 from .prepare import (PreparedData, freeze_text_encoders, load_base, place_for_training, prepare_data, sample_images,
                       settle_dtypes)
 from .recipes import RECIPES, trainable_parameters
@@ -47,7 +48,7 @@ def train(config: TrainConfig, progress: Progress | None = None, components: SDC
     if precision.note:
         progress.on_message(precision.note)
     clock = _Clock(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), out_of_memory_advice(config, device):
         components = components if components is not None else load_base(config, progress)
         recipe = RECIPES[config.method]
         text_steps = recipe.text_encoder_steps(config)
