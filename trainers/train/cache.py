@@ -71,7 +71,7 @@ class LatentEncoder:
             self.vae.to(self.device)
         config = self.vae.config
         shift = getattr(config, "shift_factor", None) or 0.0
-        batch = pixels.unsqueeze(0).to(device=self.device, dtype=weight.dtype)
+        batch = pixels.unsqueeze(0).to(device=self.device, dtype=torch.float32)  # the VAE computes in float32
         latent = ((self.vae.encode(batch).latent_dist.mean - shift) * config.scaling_factor)[0].float().cpu()
         save_tensors({"latent": latent}, file, {"vae": self.vae_id})
         self.encoded += 1

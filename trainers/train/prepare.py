@@ -17,13 +17,13 @@ from ..checkpoint.components import SDComponents
 from ..checkpoint.conditioning import Conditioning
 from ..checkpoint.loader import load_components
 from ..config import TrainConfig
-from ..data.dataset import ImageItem, InstanceDataset, scan_image_folder
+from ..data.dataset import ImageItem, InstanceDataset, check_batch_fits, scan_image_folder
 from ..errors import BoothError
 from ..progress import Progress
 from .batches import EncodedSet
 from .cache import LatentEncoder, encode_captions, fingerprint
 from .prior import ensure_class_images
-from .runtime import Precision, on_device
+from .runtime import Precision, keep_half_storage, on_device
 
 RANDOM_CROP_VARIANTS = 4
 
@@ -68,6 +68,7 @@ def prepare_data(components: SDComponents, config: TrainConfig, device: torch.de
     """
     _set_prediction_type(components, config.prediction_type)
     items = _instance_items(config, instance_images)
+    check_batch_fits(items, config.batch_size, config.images if instance_images is None else "the images input")
     encoder = LatentEncoder(components.vae, Path(config.cache_dir) / "latents", fingerprint(components.vae), device)
     prior, class_items, folder, made = None, (), None, 0
     try:
@@ -123,12 +124,18 @@ def settle_dtypes(components: SDComponents, precision: Precision, trains_base_we
     """Weights that will not train go to the run's frozen dtype now (fp32 on the CPU, half on CUDA with
     mixed precision), before class images or previews use them; the VAE is always float32, because
     decoding in fp16 overflows (SDXL) or is unsupported (CPU); fully trained modules (the UNet, and
-    the text encoders if they train in a full fine-tune) stay float32, so no weight is rounded first."""
-    text_dtype = torch.float32 if trains_base_weights and trains_text else precision.frozen_dtype
-    wanted = [(components.vae, torch.float32),
-              (components.unet, torch.float32 if trains_base_weights else precision.frozen_dtype),
-              *((encoder, text_dtype) for encoder in components.text_encoders)]
-    for module, dtype in wanted:
+    the text encoders if they train in a full fine-tune) stay float32, so no weight is rounded first.
+    Frozen modules loaded in fp16 are computed in float32 without being stored in it (see
+    :func:`keep_half_storage`): on the CPU that halves the memory of the frozen UNet."""
+    text_trains = trains_base_weights and trains_text
+    wanted = [(components.vae, torch.float32, True),
+              (components.unet, torch.float32 if trains_base_weights else precision.frozen_dtype,
+               not trains_base_weights),
+              *((encoder, torch.float32 if text_trains else precision.frozen_dtype, not text_trains)
+                for encoder in components.text_encoders)]
+    for module, dtype, frozen in wanted:
+        if frozen and dtype == torch.float32 and precision.mode == "no" and keep_half_storage(module):
+            continue  # frozen fp16 weights computed in float32 layer by layer: same results, half the memory
         if next(module.parameters()).dtype != dtype:
             module.to(dtype=dtype)
 
