@@ -7,7 +7,10 @@ import json
 import logging
 import sys
 
+from .bench import add_commands as add_bench_commands
 from .errors import BoothError
+from .evaluate.commands import add_commands as add_evaluate_commands
+from .lora_commands import add_commands as add_lora_commands
 
 FAMILY_CHOICES = ("sd15", "sd2", "sdxl")
 DTYPE_CHOICES = ("fp16", "bf16", "fp32")
@@ -23,7 +26,12 @@ def _human_size(size: int) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .checkpoint.inspect import describe_checkpoint
+    from .lora.layouts import looks_like_lora
 
+    if looks_like_lora(args.file):
+        from .lora_commands import print_lora_description
+
+        return print_lora_description(args.file, args.json)
     info = describe_checkpoint(args.file)
     if args.json:
         print(json.dumps(info, indent=1))
@@ -173,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages and stack traces")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = verbs.add_parser("inspect", help="describe a checkpoint: family, prediction type, parameters, metadata")
-    p.add_argument("file", help="single-file checkpoint (.safetensors, .ckpt, .pt)")
+    p = verbs.add_parser("inspect", help="describe a checkpoint (family, prediction type, "
+                         "parameters) or a LoRA (family, ranks, modules), with metadata")
+    p.add_argument("file", help="single-file checkpoint or LoRA (.safetensors, .ckpt, .pt)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=cmd_inspect)
 
@@ -195,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.set_defaults(run=cmd_make_test_model)
     _add_train_parser(verbs)
+    for add_commands in (add_lora_commands, add_evaluate_commands, add_bench_commands):
+        add_commands(verbs)
     return parser
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import BoothError
+from .errors import BoothError
 
 DTYPE_CHOICES = ("fp16", "bf16", "fp32")
 SHARE_RANKS = (1, 2, 4, 8, 16, 32, 64, 128)  # ranks the kept-share table shows, up to the full rank
@@ -14,7 +14,7 @@ SHARE_RANKS = (1, 2, 4, 8, 16, 32, 64, 128)  # ranks the kept-share table shows,
 
 def _choices(specs: list[list[str]]):
     """``--lora FILE [STRENGTH [TEXT_STRENGTH]]`` -> LoraChoice list; the message names the bad value."""
-    from .toolbox import LoraChoice
+    from .lora.toolbox import LoraChoice
 
     choices = []
     for spec in specs:
@@ -56,9 +56,9 @@ def _print_lora_result(result, out: Path, as_json: bool) -> None:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """With --base: bake the LoRAs into a new checkpoint. Without: combine them into one LoRA."""
-    from ..checkpoint.writer import parse_dtype
-    from .layouts import save_lora_file
-    from .toolbox import bake_checkpoint, combine_loras
+    from .checkpoint.writer import parse_dtype
+    from .lora.layouts import save_lora_file
+    from .lora.toolbox import bake_checkpoint, combine_loras
 
     choices = _choices(args.lora)
     if args.base:
@@ -92,9 +92,9 @@ def _refuse_existing(out: Path, overwrite: bool) -> None:
 
 
 def cmd_resize(args: argparse.Namespace) -> int:
-    from ..checkpoint.writer import parse_dtype
-    from .layouts import save_lora_file
-    from .toolbox import resize_lora
+    from .checkpoint.writer import parse_dtype
+    from .lora.layouts import save_lora_file
+    from .lora.toolbox import resize_lora
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
@@ -107,9 +107,9 @@ def cmd_resize(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from ..checkpoint.writer import parse_dtype
-    from .layouts import save_lora_file
-    from .toolbox import extract_lora
+    from .checkpoint.writer import parse_dtype
+    from .lora.layouts import save_lora_file
+    from .lora.toolbox import extract_lora
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
@@ -124,7 +124,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def print_lora_description(file: str, as_json: bool) -> int:
     """``inspect`` on a LoRA file."""
-    from .toolbox import describe_lora
+    from .lora.toolbox import describe_lora
 
     info = describe_lora(file)
     if as_json:
