@@ -21,10 +21,11 @@ from trainers.evaluate.config import (CompareConfig, SamplingConfig, SweepConfig
 from trainers.evaluate.metrics import Judges, clip_t_scores, summarise
 from trainers.evaluate.models import find_model, load_clip, load_dino
 from trainers.evaluate.prompts import LIVE_SUBJECT_PROMPTS, OBJECT_PROMPTS, default_prompts, strip_identifiers
+from trainers.evaluate.test_models import TINY_IMAGE_SIZE, make_test_clip, make_test_dino
 from trainers.files import save_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE_SIZE = 32  # the tiny judges' input size
+IMAGE_SIZE = TINY_IMAGE_SIZE
 HOSTILE = '<script>alert("x")</script>'
 
 
@@ -37,28 +38,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _tiny_clip():
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    config = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                         num_attention_heads=4, max_position_embeddings=77),
-                        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                           num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=8),
-                        projection_dim=16)
-    return CLIPModel(config).eval()
-
-
 @pytest.fixture(scope="module")
 def judge_dir(tmp_path_factory) -> Path:
     """A models folder as a user would have it: a CLIP HF folder, a DINOv2 HF folder, and an unrelated file."""
-    from transformers import Dinov2Config, Dinov2Model
-
     root = tmp_path_factory.mktemp("judges")
-    _tiny_clip().save_pretrained(root / "clip-tiny")
-    torch.manual_seed(1)
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                             image_size=IMAGE_SIZE, patch_size=8)).save_pretrained(root / "dinov2-tiny")
+    make_test_clip(root / "clip-tiny")
+    make_test_dino(root / "dinov2-tiny")
     (root / "notes.txt").write_text("not a model")
     return root
 
@@ -190,7 +175,9 @@ def test_summary_is_mean_and_sample_std():
 # ---- finding and loading judge models --------------------------------------------------------------
 
 def test_clip_from_single_safetensors_with_config(tmp_path, judge_dir, clip):
-    model = _tiny_clip()
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(judge_dir / "clip-tiny")
     save_tensors(model.state_dict(), tmp_path / "clip_l.safetensors")
     (tmp_path / "clip_l.json").write_text(json.dumps(model.config.to_dict()))
     single = load_clip(tmp_path / "clip_l.safetensors")

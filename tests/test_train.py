@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from trainers.checkpoint.loader import load_components
 from trainers.config import TrainConfig, apply_overrides, config_from_dict
 from trainers.demo import draw_subject_images, run_demo
 from trainers.errors import BoothError
+from trainers.evaluate.config import load_compare_config
 from trainers.files import load_tensors
 from trainers.lora import apply_lora, read_lora
 from trainers.progress import ConsoleProgress, RecordingProgress
@@ -302,3 +304,13 @@ def test_demo_writes_everything_it_promises(tmp_path):
     assert summary["lora_bytes"] == Path(summary["lora_file"]).stat().st_size < summary["base_checkpoint_bytes"]
     assert summary["mean_abs_pixel_change_base_vs_lora"] > 0 and summary["cpu_threads"] == 1
     assert len(list((tmp_path / "demo" / "images").glob("*.png"))) == 6
+
+    report = Path(summary["compare_report"]).read_text(encoding="utf-8")  # base vs LoRA at 0.5 and 1, scored
+    assert report.count("data:image/png;base64,") >= 3 and "sks_star_lora @ 0.5" in report
+    with open(Path(summary["compare_report"]).with_name("summary.csv"), encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["lora_strength"] for row in rows] == ["", "0.5", "1.0"]
+    assert all(0 <= float(row["clip_t_mean"]) <= 100 and row["dino_mean"] for row in rows)
+    assert rows[1]["training_method"] == "dreambooth_lora" and rows[1]["training_steps"] in ("4", "4.0")
+    again = load_compare_config(summary["compare_config"])  # the CLI can rerun the comparison from this file
+    assert again.variants[0].lora == summary["lora_file"] and Path(again.clip_model).is_dir()

@@ -129,6 +129,8 @@ def _run_demo(out: Path, steps: int, progress: Progress) -> dict:
     image_grid(enlarged, rows=2, cols=len(PROMPTS), row_labels=["base", "base + LoRA"], col_labels=list(PROMPTS),
                path=grid)
 
+    report = compare_base_and_lora(out, base, result.output, images[0].parent, progress)
+
     losses = result.losses
     window = min(10, len(losses))
     summary = {
@@ -153,8 +155,28 @@ def _run_demo(out: Path, steps: int, progress: Progress) -> dict:
         "mean_abs_pixel_change_base_vs_lora": float((tuned_images - base_images).abs().mean()),
         "loss_plot": str(Path(result.config.output_dir) / "loss.png"),
         "comparison_grid": str(grid),
+        "compare_report": str(report),
+        "compare_config": str(out / "compare.yaml"),
         "samples": [str(p) for p in result.samples],
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     progress.on_message(f"demo done in {summary['total_seconds']} s: {out / 'summary.json'}")
     return summary
+
+
+def compare_base_and_lora(out: Path, base: Path, lora: Path, images: Path, progress: Progress) -> Path:
+    """Base vs base + LoRA through the comparison (``python -m trainers compare``), judged by tiny
+    random CLIP and DINO models made here; writes ``out/compare.yaml`` (rerun it with the CLI) and
+    returns the HTML report. Random judges score noise: this shows the report, not a ranking."""
+    from .evaluate.compare import run_compare
+    from .evaluate.config import CompareConfig, SamplingConfig, VariantConfig, dump_compare_config
+    from .evaluate.test_models import make_test_clip, make_test_dino
+
+    config = CompareConfig(
+        base=str(base), variants=[VariantConfig(lora=str(lora), strengths=[0.5, 1.0])], subject=SUBJECT,
+        prompt_count=4, seeds=[0], instance_images=str(images),
+        clip_model=str(make_test_clip(out / "judges" / "clip")), dino_model=str(make_test_dino(out / "judges" / "dino")),
+        output_dir=str(out / "compare"), grid_cell_size=128,
+        sampling=SamplingConfig(steps=[20], height=64, width=64))
+    atomic_write_text(out / "compare.yaml", dump_compare_config(config))
+    return run_compare(config, progress).files["report"]
