@@ -92,7 +92,6 @@ def lora_key_map(base_model, text_model) -> dict:
 
 
 def cmd_sample(args) -> dict:
-    import torch
     import comfy.sd
     import comfy.utils
     from safetensors.torch import save_file

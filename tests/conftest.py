@@ -17,6 +17,31 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 FAMILIES = ("sd15", "sd2", "sdxl")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are all overhead: one intra-op thread is several times faster than two on 2 cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """The repository imported the way ComfyUI imports a custom-node pack: as a package under an
+    arbitrary folder name (so only relative imports work inside it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("booth_pack_under_test", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")

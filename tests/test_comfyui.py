@@ -81,17 +81,23 @@ def core_shape(shape) -> tuple[int, ...]:
     return tuple(shape[:2]) if tuple(shape[2:]) == (1, 1) else tuple(shape)
 
 
+def every_layer_lora(checkpoint: Path, out: Path) -> tuple[SDComponents, Path]:
+    """The checkpoint's components with a LoRA on every targetable layer, saved to ``out``; its up
+    matrices are random (peft starts them at zero, which would make a no-op LoRA)."""
+    components = load_components(checkpoint)
+    params = add_lora(components, EVERY_LAYER, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for up in params[1::2]:
+            up.copy_(torch.randn(up.shape, generator=generator) * 0.1)
+    return components, save_lora(components, EVERY_LAYER, out)
+
+
 @pytest.fixture(scope="module")
 def sd15_lora(full_sd15, tmp_path_factory):
     """A LoRA on every targetable layer of the full SD1.5 file, plus Booth's own patched weights for
     CHECKED_MODULES (apply_lora on the file's fp16 values) and the weights before patching."""
-    components = load_components(full_sd15)
-    params = add_lora(components, EVERY_LAYER, seed=0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for up in params[1::2]:  # peft starts every up matrix at zero: a no-op LoRA
-            up.copy_(torch.randn(up.shape, generator=generator) * 0.1)
-    path = save_lora(components, EVERY_LAYER, tmp_path_factory.mktemp("lora") / "every_layer.safetensors")
+    components, path = every_layer_lora(full_sd15, tmp_path_factory.mktemp("lora") / "every_layer.safetensors")
     remove_lora(components)
     lora = read_lora(path)
     names = sorted(lora.modules)

@@ -13,7 +13,6 @@ import copy
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import pytest
 from PIL import Image
 
 from comfy_server import ComfyServer, workflow_to_prompt
+from test_comfyui import comfy_python
 from trainers.files import read_safetensors_header
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,16 +56,6 @@ RUN_TIMEOUT = 1800  # the LoRA template took ~9 minutes on 2 CPU cores shared wi
 # The pack's nodes the node search must offer (the test also checks any others it registers).
 BOOTH_NODES = {"BoothLoadInstanceImages", "BoothTrainLoRA", "BoothTrainDreamBooth", "BoothMergeLoRA",
                "BoothCombineLoRAs", "BoothCLIPScore", "BoothCompareModels"}
-
-
-def comfy_python() -> str:
-    chosen = os.environ.get("COMFYUI_PYTHON")
-    if chosen:
-        return chosen
-    for venv_python in (COMFYUI / ".venv" / "bin" / "python", COMFYUI / ".venv" / "Scripts" / "python.exe"):
-        if venv_python.is_file():
-            return str(venv_python)
-    return sys.executable
 
 
 def write_subject(folder: Path, count: int = 3) -> None:

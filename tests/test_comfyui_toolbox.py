@@ -11,12 +11,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from test_comfyui import EVERY_LAYER, IS_CHECKOUT, install_pack, run_probe, warnings_in
-from trainers.checkpoint.loader import load_components
+from test_comfyui import IS_CHECKOUT, every_layer_lora, install_pack, run_probe, warnings_in
 from trainers.files import read_safetensors_header
-from trainers.lora import add_lora, save_lora
 from trainers.lora.layouts import save_lora_file
 from trainers.lora.toolbox import LoraChoice, bake_checkpoint, extract_lora
 
@@ -44,14 +41,8 @@ def baked(full_sd15, tmp_path_factory):
     """A LoRA on every targetable layer of the full SD1.5 file (fp16, as trained files are) and the
     file with it baked in at STRENGTH / TEXT_STRENGTH by ``merge --base``."""
     folder = tmp_path_factory.mktemp("toolbox")
-    components = load_components(full_sd15)
-    params = add_lora(components, EVERY_LAYER, seed=0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for up in params[1::2]:  # peft starts every up matrix at zero: a no-op LoRA
-            up.copy_(torch.randn(up.shape, generator=generator) * 0.1)
-    lora = save_lora(components, EVERY_LAYER, folder / "every_layer.safetensors")
-    del components, params
+    components, lora = every_layer_lora(full_sd15, folder / "every_layer.safetensors")
+    del components
     out = bake_checkpoint(full_sd15, [LoraChoice(lora, STRENGTH, TEXT_STRENGTH)], folder / "baked.safetensors")
     return {"lora": lora, "checkpoint": out["output"], "folder": folder}
 

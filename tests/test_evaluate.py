@@ -29,13 +29,7 @@ IMAGE_SIZE = TINY_IMAGE_SIZE
 HOSTILE = '<script>alert("x")</script>'
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models' tensors are so small that sharing them across threads costs more than it saves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -392,18 +386,6 @@ def test_example_config_loads():
 
 # ---- the nodes -------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def pack():
-    """The repository imported the way ComfyUI imports a custom-node pack."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("booth_pack_evaluate", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_clip_score_node_scores_a_batch(pack, judge_dir, clip):
     node = pack.NODE_CLASS_MAPPINGS["BoothCLIPScore"]()
@@ -418,7 +400,7 @@ def test_clip_score_node_scores_a_batch(pack, judge_dir, clip):
     assert lines[0].split("\t") == ["#", "prompt", "CLIP-T", "CLIP-I"] and len(lines) == 4
     assert lines[1].split("\t")[1] == "a sks dog in the snow"
     assert picture.ndim == 4 and picture.shape[-1] == 3 and 0 <= float(picture.min()) <= float(picture.max()) <= 1
-    with pytest.raises(sys.modules["booth_pack_evaluate.trainers.errors"].BoothError, match="prompts is empty"):
+    with pytest.raises(sys.modules[f"{pack.__name__}.trainers.errors"].BoothError, match="prompts is empty"):
         node.score(images, " \n", "sks", str(judge_dir / "clip-tiny"))
 
 

@@ -19,17 +19,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def pack():
-    """Import the repository the way ComfyUI does: as a package under an arbitrary folder name."""
-    spec = importlib.util.spec_from_file_location("booth_pack_under_test", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_import_is_cheap_and_pulls_no_model_libraries(tmp_path):
     (tmp_path / "custom_nodes").mkdir()
     (tmp_path / "custom_nodes" / "Booth-any-name").symlink_to(ROOT, target_is_directory=True)

@@ -15,11 +15,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import yaml
 
 from .errors import BoothError
+
+T = TypeVar("T")
 
 if typing.TYPE_CHECKING:
     from .lora.network import LoraSettings
@@ -328,8 +330,8 @@ def dump_config(config: TrainConfig) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML file (and apply ``a.b=value`` overrides); errors name the file."""
+def read_config_file(path: str | Path, from_dict: Callable[[Any], T]) -> T:
+    """Parse a YAML config file into a dataclass with ``from_dict``; every error names the file."""
     file = Path(path)
     if not file.is_file():
         raise BoothError(f"Config file not found: {file}")
@@ -338,10 +340,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     except yaml.YAMLError as exc:
         raise BoothError(f"{file} is not valid YAML: {exc}") from None
     try:
-        config = config_from_dict(data)
+        return from_dict(data)
     except BoothError as exc:
         raise BoothError(f"{file}: {exc}") from None
-    return apply_overrides(config, overrides or [])
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML file (and apply ``a.b=value`` overrides); errors name the file."""
+    return apply_overrides(read_config_file(path, config_from_dict), overrides or [])
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..config import _parse_override, config_from_dict, config_to_dict
+from ..config import _parse_override, config_from_dict, config_to_dict, read_config_file
 from ..errors import BoothError
 from ..sampling import SCHEDULERS
 
@@ -159,18 +159,7 @@ def dump_compare_config(config: CompareConfig) -> str:
 def load_compare_config(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
     """Read a comparison YAML, then apply ``name=value`` overrides; relative paths stay relative to the
     current folder, as for training configs."""
-    file = Path(path)
-    if not file.is_file():
-        raise BoothError(f"Config file not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise BoothError(f"{file} is not valid YAML: {exc}") from None
-    try:
-        config = compare_config_from_dict(data)
-    except BoothError as exc:
-        raise BoothError(f"{file}: {exc}") from None
-    return apply_compare_overrides(config, overrides or [])
+    return apply_compare_overrides(read_config_file(path, compare_config_from_dict), overrides or [])
 
 
 def apply_compare_overrides(config: CompareConfig, overrides: list[str]) -> CompareConfig:
