@@ -100,10 +100,12 @@ class TrainDreamBooth:
 
 def extract_to_lora(model, clip, vae, tuned: Path, output: Path, rank: int) -> list[str]:
     """Save a LoRA of ``tuned`` minus the graph's model; return what it holds and what it left out."""
+    from ..trainers.checkpoint.loader import load_components
     from ..trainers.lora.layouts import save_lora_file
     from ..trainers.lora.toolbox import extract_lora
 
-    result = extract_lora(comfy_bridge.graph_components(model, clip, vae), tuned, rank=rank, title=output.stem)
+    tuned_model = load_components(tuned, tokenizer_dir=comfy_bridge.tokenizer_dir())  # ComfyUI's vocabulary
+    result = extract_lora(comfy_bridge.graph_components(model, clip, vae), tuned_model, rank=rank, title=output.stem)
     save_lora_file(result.lora, output, overwrite=True)  # the name was checked before training
     return [f"{output.name}: {len(result.lora.modules)} modules at rank <= {rank}, keeps {result.kept_share:.1%} "
             "of the fine-tune's difference", *result.notes]
