@@ -10,18 +10,11 @@ import sys
 from .bench import add_commands as add_bench_commands
 from .errors import BoothError
 from .evaluate.commands import add_commands as add_evaluate_commands
+from .formatting import format_size
 from .lora_commands import add_commands as add_lora_commands
 
 FAMILY_CHOICES = ("sd15", "sd2", "sdxl")
 DTYPE_CHOICES = ("fp16", "bf16", "fp32")
-
-
-def _human_size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{size} B"
-        size /= 1024
-    return f"{size:.1f} GB"
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -39,7 +32,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{info['file']}\n  family:          {info['family_label']} ({info['family']}, {info['variant']})")
     print(f"  prediction type: {info['prediction_type']} ({info['prediction_type_source']})")
     print(f"  EMA weights:     {'yes' if info['has_ema'] else 'no'}")
-    print(f"  size:            {_human_size(info['size_bytes'])}, {info['tensors']} tensors, dtypes {info['dtypes']}")
+    print(f"  size:            {format_size(info['size_bytes'])}, {info['tensors']} tensors, dtypes {info['dtypes']}")
     for part, count in info["parameters"].items():
         print(f"  {part + ':':<16} {count / 1e6:,.1f} M parameters")
     for key, value in sorted(info["metadata"].items()):
@@ -53,7 +46,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     out = convert_checkpoint(args.source, args.target, dtype=parse_dtype(args.dtype), drop_ema=args.drop_ema,
                              overwrite=args.overwrite)
-    print(f"wrote {out} ({_human_size(out.stat().st_size)})")
+    print(f"wrote {out} ({format_size(out.stat().st_size)})")
     return 0
 
 
@@ -63,7 +56,7 @@ def cmd_make_test_model(args: argparse.Namespace) -> int:
 
     out = make_test_checkpoint(args.family, args.out, tiny=args.tiny, seed=args.seed, dtype=parse_dtype(args.dtype),
                                prediction_type=args.prediction_type)
-    print(f"wrote {out} ({_human_size(out.stat().st_size)}): random weights, {args.family}"
+    print(f"wrote {out} ({format_size(out.stat().st_size)}): random weights, {args.family}"
           f"{' tiny' if args.tiny else ''}, seed {args.seed}")
     return 0
 

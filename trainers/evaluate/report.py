@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import atomic_write_text
+from ..formatting import format_size
 from ..plots import bar_plot, image_grid, line_plot
 from .compare import AXIS_LABELS, CompareResult, Entry, swept_axes
 from ..config import config_to_dict
@@ -168,14 +169,6 @@ def _embedded(path: Path, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _size(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return ""
-
-
 def _training_cell(training: dict[str, Any]) -> str:
     parts = []
     if "steps" in training:
@@ -183,7 +176,7 @@ def _training_cell(training: dict[str, Any]) -> str:
     if "seconds" in training:
         parts.append(f"{training['seconds']:.0f} s")
     if "peak_memory_bytes" in training:
-        parts.append(f"peak {_size(training['peak_memory_bytes'])}")
+        parts.append(f"peak {format_size(training['peak_memory_bytes'])}")
     if "method" in training:
         parts.append(str(training["method"]))
     return _e(", ".join(parts) or "-")
@@ -197,7 +190,7 @@ def render_html(result: CompareResult) -> str:
     for entry in result.entries:
         cells = "".join(f"<td>{_e(entry.summary(m).text())}</td>" for m in metrics)
         rows.append(f"<tr><td>{_e(entry.label)}</td>{cells}<td>{entry.seconds_per_image:.3f}</td>"
-                    f"<td>{_e(_size(entry.file_bytes))}</td><td>{_training_cell(entry.training)}</td>"
+                    f"<td>{_e(format_size(entry.file_bytes))}</td><td>{_training_cell(entry.training)}</td>"
                     f"<td>{_e(entry.variant.weights_file.name)}</td></tr>")
     images = "".join(f"<figure>{_embedded(path, name)}<figcaption>{_e(name)}</figcaption></figure>"
                      for name, path in [("comparison grid", result.files["grid"])]
