@@ -12,27 +12,21 @@ import base64
 import io
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..trainers.files import atomic_write
+from ..trainers.sampling import to_pil
 
 THUMBNAIL_EDGE = 256  # the live view is about a node wide
 JPEG_QUALITY = 85  # a 256 px thumbnail: tens of kB as JPEG, several times that as PNG; sent every N steps
 JPEG_DATA_URL = "data:image/jpeg;base64,"
 
 
-def _to_pil(image: torch.Tensor) -> Image.Image:
-    """One BHWC / HWC float image in [0, 1] (ComfyUI's IMAGE layout) as an 8-bit RGB(A) picture."""
-    array = image.detach().to("cpu", torch.float32).clamp(0, 1).numpy()
-    return Image.fromarray(np.round(array * 255).astype(np.uint8))
-
-
 def sample_event(step: int, images: torch.Tensor) -> dict:
     """A "booth.progress" payload with the first sample image as a JPEG data URL, at most
     THUMBNAIL_EDGE pixels on its longer side, for the node's live view."""
-    picture = _to_pil(images[0]).convert("RGB")
+    picture = to_pil(images[0])[0]
     picture.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=JPEG_QUALITY)
@@ -50,7 +44,7 @@ def write_images(images: torch.Tensor, folder: Path, prefix: str, kind: str = "t
             counter += 1
         name = f"{prefix}_{counter:05}_.png"
         taken.add(name)
-        picture = _to_pil(image)
+        picture = to_pil(image)[0]
         atomic_write(folder / name, lambda tmp: picture.save(tmp, format="PNG"))
         entries.append({"filename": name, "subfolder": "", "type": kind})
     return entries
