@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from trainers.checkpoint.loader import load_components
-from trainers.train.runtime import keep_half_storage
+from trainers.train.half_storage import keep_half_storage
 
 
 def _fp16_model(tmp_path):
@@ -51,3 +51,21 @@ def test_float32_or_trainable_modules_are_left_alone(tiny_checkpoint, tmp_path):
     half.unet.conv_in.weight.requires_grad_(True)
     assert not keep_half_storage(half.unet)  # a weight that trains must be stored in float32
     assert "forward" not in vars(half.unet.conv_out)
+
+
+def test_every_layer_upcasts_into_one_buffer_the_size_of_the_largest_weight(tmp_path):
+    half, _ = _fp16_model(tmp_path)
+    assert keep_half_storage(half.unet)
+    scratches = {id(layer.upcast_scratch) for layer in half.unet.modules() if hasattr(layer, "upcast_scratch")}
+    assert len(scratches) == 1
+    scratch = half.unet.conv_in.upcast_scratch
+    largest = max(layer.weight.numel() for layer in half.unet.modules()
+                  if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)))
+    context = torch.randn(1, 77, half.unet.config.cross_attention_dim)
+    addresses = []
+    for _ in range(2):
+        x = torch.randn(1, 4, 8, 8, requires_grad=True)
+        half.unet(x, torch.tensor([10]), encoder_hidden_states=context).sample.sum().backward()
+        addresses.append(scratch.buffer.data_ptr())
+    assert scratch.buffer.dtype == torch.float32 and scratch.buffer.numel() == largest
+    assert addresses[0] == addresses[1]  # the second step allocated no float32 weight memory

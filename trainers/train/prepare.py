@@ -22,8 +22,9 @@ from ..errors import BoothError
 from ..progress import Progress
 from .batches import EncodedSet
 from .cache import LatentEncoder, encode_captions, fingerprint
+from .half_storage import keep_half_storage
 from .prior import ensure_class_images
-from .runtime import Precision, keep_half_storage, on_device
+from .runtime import Precision, on_device
 
 RANDOM_CROP_VARIANTS = 4
 

@@ -13,7 +13,6 @@ import sys
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import BoothError
 
@@ -91,94 +90,3 @@ def peak_memory_bytes(device: torch.device) -> int:
         return int(getattr(psutil.Process().memory_info(), "peak_wset", 0))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes
-
-
-class _UpcastLinear(torch.autograd.Function):
-    """``F.linear`` with a frozen half-precision weight computed in the input's float32. Only the half
-    weight is kept for the backward pass (and upcast again there), so no float32 copy of any frozen
-    weight outlives its layer."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(weight)
-        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
-
-    @staticmethod
-    def backward(ctx, grad):
-        (weight,) = ctx.saved_tensors
-        return grad.matmul(weight.to(grad.dtype)), None, None
-
-
-class _UpcastConv2d(torch.autograd.Function):
-    """``F.conv2d`` likewise; its backward needs only the weight (the input's gradient), so the input
-    activation is not kept either, as autograd would for a trainable weight."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        ctx.save_for_backward(weight)
-        ctx.layout = (x.shape, stride, padding, dilation, groups)
-        return F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype),
-                        stride, padding, dilation, groups)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (weight,) = ctx.saved_tensors
-        shape, stride, padding, dilation, groups = ctx.layout
-        grad_input = torch.nn.grad.conv2d_input(shape, weight.to(grad.dtype), grad, stride, padding, dilation, groups)
-        return grad_input, None, None, None, None, None, None
-
-
-def _linear(self, x):
-    return _UpcastLinear.apply(x.float(), self.weight, self.bias)
-
-
-def _conv2d(self, x):
-    return _UpcastConv2d.apply(x.float(), self.weight, self.bias, self.stride, self.padding, self.dilation,
-                               self.groups)
-
-
-def _group_norm(self, x):
-    return F.group_norm(x.float(), self.num_groups, _float(self.weight), _float(self.bias), self.eps)
-
-
-def _layer_norm(self, x):
-    return F.layer_norm(x.float(), self.normalized_shape, _float(self.weight), _float(self.bias), self.eps)
-
-
-def _embedding(self, ids):
-    return F.embedding(ids, self.weight.float(), self.padding_idx, self.max_norm, self.norm_type,
-                       self.scale_grad_by_freq, self.sparse)
-
-
-def _float(tensor):
-    return None if tensor is None else tensor.float()
-
-
-_UPCAST_FORWARDS = ((torch.nn.Linear, _linear), (torch.nn.Conv2d, _conv2d), (torch.nn.GroupNorm, _group_norm),
-                    (torch.nn.LayerNorm, _layer_norm), (torch.nn.Embedding, _embedding))
-
-
-def keep_half_storage(module: torch.nn.Module) -> bool:
-    """Compute a frozen half-precision module in float32 without ever holding it in float32.
-
-    On the CPU everything is computed in float32 (bit-reproducible, and half maths is slow there),
-    but a checkpoint stored in fp16 holds nothing that float32 storage would add: the values are
-    the same, so casting each layer's weight as it is used gives exactly the float32 results at
-    half the memory (for SD1.5's UNet 1.7 GB instead of 3.4 GB). Applies to modules whose weights are
-    all fp16/bf16 and frozen; returns whether it did. Outputs are float32; the module's ``dtype``
-    still reads half, so code that casts inputs to it keeps working.
-    """
-    params = list(module.parameters())
-    if not params or any(p.dtype not in _HALF.values() or p.requires_grad for p in params):
-        return False
-    covered = set()
-    for layer in module.modules():
-        for kind, forward in _UPCAST_FORWARDS:
-            if type(layer) is kind:
-                layer.forward = forward.__get__(layer)
-                covered.update(id(p) for p in layer.parameters(recurse=False))
-    for layer in module.modules():  # anything else holding weights is small: plain float32 it is
-        for name, param in layer.named_parameters(recurse=False):
-            if id(param) not in covered:
-                param.data = param.data.float()
-    return True
