@@ -108,3 +108,20 @@ def test_a_killed_run_is_reported_with_its_peak_memory():
     assert ratios(runs) == {}
     row = table(summary, {}).splitlines()[3].split("|")
     assert row[2].strip() == "killed" and row[4].strip() == "14.00 GB when killed"
+
+
+def test_profile_splits_the_steady_steps_by_kind_of_work(tiny_checkpoint, tmp_path):
+    out = tmp_path / "bench"
+    done = subprocess.run([sys.executable, "-m", "trainers", "bench", "--base", str(tiny_checkpoint("sd15")),
+                           "--out-dir", str(out), "--steps", "4", "--warmup", "1", "--resolution", "64",
+                           "--images", "2", "--rank", "4", "--no-comfyui", "--profile"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    profile = json.loads((out / "bench.json").read_text())["profiles"]["booth"]
+    assert profile["steps"] == 3 and profile["device"] is False
+    assert profile["kinds"]["convolution"] > 0 and profile["kinds"]["matmul (linear layers)"] > 0
+    assert sum(profile["kinds"].values()) == pytest.approx(profile["seconds_per_step"], rel=1e-6)
+    assert sum(profile["operators"].values()) == pytest.approx(profile["seconds_per_step"], rel=1e-6)
+    text = (out / "profiles" / "booth" / "steps.profile.txt").read_text()
+    assert "aten::" in text and "convolution" in text
+    assert "Where a step's time goes" in done.stdout and "| convolution " in (out / "table.md").read_text()

@@ -18,7 +18,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     comfyui = args.comfyui or os.environ.get("COMFYUI_PATH") or None
     options = BenchOptions(work, Path(args.out_dir), rounds=args.rounds, warmup=args.warmup,
                            image_count=args.images, comfyui=Path(comfyui) if comfyui and not args.no_comfyui else None,
-                           diffusers_source=args.diffusers, lock=args.lock)
+                           diffusers_source=args.diffusers, lock=args.lock,
+                           profile=args.profile)
     if args.diffusers_python:
         options.diffusers_python = str(args.diffusers_python)
     run_bench(options)
@@ -52,5 +53,7 @@ def add_commands(verbs) -> None:
     p.add_argument("--diffusers-model", type=Path,
                    help="diffusers-format folder of --base (default: converted into --out-dir once)")
     p.add_argument("--booth-set", action="append", metavar="NAME=VALUE", help="extra Booth config override")
+    p.add_argument("--profile", action="store_true",
+                   help="then run each trainer once more under torch.profiler and print where its step time goes")
     p.add_argument("--lock", type=Path, help="file locked while each run executes (machines shared by benchmarks)")
     p.set_defaults(run=cmd_bench)

@@ -21,7 +21,7 @@ from ..files import atomic_write_text
 from . import contenders
 from .arithmetic import checkpoint_architecture, matmul_peak_gflops, training_step_flops, unet_forward_flops
 from .measure import measure
-from .report import ratios, summarize, table
+from .report import profile_table, ratios, summarize, table
 
 
 @dataclass
@@ -36,6 +36,7 @@ class BenchOptions:
     lock: Path | None = None
     python: str = field(default_factory=lambda: sys.executable)
     diffusers_python: str | None = None  # diffusers' scripts need torchvision, which Booth does not
+    profile: bool = False  # one more run each, under torch.profiler: where the step's time goes
 
 
 def run_bench(options: BenchOptions, say: Callable[[str], None] = print) -> dict:
@@ -74,10 +75,30 @@ def run_bench(options: BenchOptions, say: Callable[[str], None] = print) -> dict
               "unet_forward_flops": forward, "flops_per_step": flops,
               "summary": summary, "booth_ratio": ratio, "runs": runs}
     text = table(summary, ratio)
+    if options.profile:
+        report["profiles"] = _profiles(makers, options, out, env, say)
+        text += "\n\nWhere a step's time goes (torch.profiler, self time by kind of work):\n\n"
+        text += profile_table(report["profiles"])
     atomic_write_text(out / "bench.json", json.dumps(report, indent=1))
     atomic_write_text(out / "table.md", text + "\n")
     say(text)
     return report
+
+
+def _profiles(makers: dict, options: BenchOptions, out: Path, env: dict, say) -> dict[str, dict]:
+    """Profile each trainer's steady-state steps in a run of its own, after the timed rounds."""
+    window = f"{options.warmup}:{options.work.steps - options.warmup}"
+    profiles = {}
+    for name, make in makers.items():
+        folder = out / "profiles" / name
+        result = measure(make(folder), folder, options.warmup, env, options.lock, profile=window)
+        written = folder / "steps.profile.json"
+        if result.get("error") or not written.is_file():
+            say(f"profile of {name} failed (see {result['log']})")
+            continue
+        profiles[name] = json.loads(written.read_text())
+        say(f"profiled {name}: {folder / 'steps.profile.txt'}")
+    return profiles
 
 
 def _contender_makers(options: BenchOptions, out: Path, env: dict, say) -> dict[str, Callable[[Path], contenders.Contender]]:

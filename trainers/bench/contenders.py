@@ -42,8 +42,9 @@ class Contender:
     python: str
     output: Path  # file or folder whose size is reported
 
-    def argv(self, record: Path) -> list[str]:
-        return [self.python, str(STEP_CLOCK), str(record), *self.command]
+    def argv(self, record: Path, profile: str | None = None) -> list[str]:
+        """``profile``: ``AFTER:COUNT``, the steps ``step_clock.py`` runs the profiler over."""
+        return [self.python, str(STEP_CLOCK), str(record), *(["--profile", profile] if profile else []), *self.command]
 
 
 def booth(work: Workload, python: str, out: Path) -> Contender:

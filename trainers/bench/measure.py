@@ -17,12 +17,14 @@ from ..errors import BoothError
 from .contenders import Contender
 
 
-def measure(contender: Contender, folder: Path, warmup: int, env: dict[str, str], lock: Path | None = None) -> dict:
+def measure(contender: Contender, folder: Path, warmup: int, env: dict[str, str], lock: Path | None = None,
+            profile: str | None = None) -> dict:
     """Run ``contender`` (its log and step record go to ``folder``) and return its figures.
 
     The first ``warmup`` steps are excluded from the per-step time (allocator growth, lazy
     initialisation). ``lock``: a file held exclusively while the process runs, so benchmarks
-    sharing a machine never measure at the same time.
+    sharing a machine never measure at the same time. ``profile``: ``AFTER:COUNT`` steps to profile
+    (the profiler slows them, so a profiled run's times are not the benchmark's).
     """
     if not hasattr(os, "wait4"):
         raise BoothError("the benchmark needs os.wait4 (Linux or macOS) to read each run's own peak memory.")
@@ -31,7 +33,7 @@ def measure(contender: Contender, folder: Path, warmup: int, env: dict[str, str]
     record.unlink(missing_ok=True)
     with _held(lock), log.open("w", encoding="utf-8") as output:
         started = time.perf_counter()
-        process = subprocess.Popen(contender.argv(record), cwd=_repo_root(), env=env, stdout=output,
+        process = subprocess.Popen(contender.argv(record, profile), cwd=_repo_root(), env=env, stdout=output,
                                    stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)

@@ -66,7 +66,29 @@ def table(summary: dict[str, dict], ratio: dict[str, dict]) -> str:
                      f"{ratio[name]['time']:.2f}" if name in ratio else ("1.00" if name == "booth" else ""),
                      _gb(s["peak_rss_bytes"]), _gb(s["peak_vram_bytes"]), f"{s['gflops']:.0f}",
                      f"{100 * s['share_of_matmul_peak']:.0f}%", _mb(s["output_bytes"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return _markdown(rows)
+
+
+def profile_table(profiles: dict[str, dict]) -> str:
+    """Where each trainer's step goes, by kind of work: profiled seconds per step and share, side by side."""
+    names = list(profiles)
+    totals = {name: profiles[name]["seconds_per_step"] or 1.0 for name in names}
+    kinds = sorted({kind for profile in profiles.values() for kind in profile["kinds"]},
+                   key=lambda kind: -max(profile["kinds"].get(kind, 0.0) for profile in profiles.values()))
+    head = ("kind of work", *names)
+    rows = [head, tuple("---" for _ in head)]
+    for kind in kinds:
+        cells = []
+        for name in names:
+            seconds = profiles[name]["kinds"].get(kind, 0.0)
+            cells.append(f"{seconds:.2f} s ({seconds / totals[name]:.0%})")
+        rows.append((kind, *cells))
+    rows.append(("total (profiled)", *(f"{profiles[name]['seconds_per_step']:.2f} s" for name in names)))
+    return _markdown(rows)
+
+
+def _markdown(rows: list[tuple]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows)
 
 
