@@ -125,3 +125,35 @@ def test_profile_splits_the_steady_steps_by_kind_of_work(tiny_checkpoint, tmp_pa
     text = (out / "profiles" / "booth" / "steps.profile.txt").read_text()
     assert "aten::" in text and "convolution" in text
     assert "Where a step's time goes" in done.stdout and "| convolution " in (out / "table.md").read_text()
+
+
+def test_scaling_varies_one_setting_at_a_time_and_writes_table_and_plot(tiny_checkpoint, tmp_path):
+    out = tmp_path / "scaling"
+    done = subprocess.run([sys.executable, "-m", "trainers", "scaling", "--base", str(tiny_checkpoint("sd15")),
+                           "--out-dir", str(out), "--steps", "3", "--warmup", "1", "--resolution", "64",
+                           "--rank-values", "2", "8", "--resolution-values", "64", "128"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "scaling.json").read_text())
+    points = {(p["factor"], p["value"]): p for p in report["points"]}
+    assert set(points) == {("rank", 2), ("rank", 8), ("resolution", 64), ("resolution", 128)}
+    assert points[("rank", 8)]["settings"] == {"resolution": 64, "rank": 8, "batch_size": 1, "image_count": 4}
+    assert points[("resolution", 128)]["settings"]["rank"] == 8  # the base rank while resolution varies
+    # 4x the pixels: 4x the convolutions, more than 4x the attention
+    assert points[("resolution", 128)]["flops_per_step"] > 4 * points[("resolution", 64)]["flops_per_step"]
+    assert all(p["s_per_step"] > 0 and p["peak_rss_bytes"] > 0 and not p["error"] for p in points.values())
+    assert points[("rank", 8)]["output_bytes"] > points[("rank", 2)]["output_bytes"]
+    from PIL import Image
+
+    assert Image.open(out / "scaling.png").size[0] > 400
+    table = (out / "scaling.md").read_text()
+    assert "| LoRA rank" in table and "| resolution (px)" in table and table.strip() in done.stdout
+
+
+def test_scaling_refuses_an_unknown_factor(tiny_checkpoint, tmp_path):
+    from trainers.bench.contenders import Workload
+    from trainers.bench.scaling import ScalingOptions, run_scaling
+
+    options = ScalingOptions(Workload(base=tiny_checkpoint("sd15"), images=tmp_path), tmp_path, {"colour": [1]})
+    with pytest.raises(BoothError, match="unknown scaling factor.*colour"):
+        run_scaling(options)

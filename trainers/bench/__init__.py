@@ -26,6 +26,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scaling(args: argparse.Namespace) -> int:
+    import sys
+
+    from .contenders import Workload
+    from .scaling import ScalingOptions, run_scaling
+
+    work = Workload(base=Path(args.base), images=Path(), method=args.method, steps=args.steps,
+                    resolution=args.resolution, batch_size=args.batch_size, rank=args.rank, precision=args.precision)
+    values = {factor: getattr(args, factor) for factor in ("resolution_values", "rank_values", "batch_size_values",
+                                                           "image_count_values") if getattr(args, factor)}
+    options = ScalingOptions(work, Path(args.out_dir), {name.removesuffix("_values"): v for name, v in values.items()},
+                             image_count=args.images, warmup=args.warmup, lock=args.lock, python=sys.executable)
+    run_scaling(options)
+    return 0
+
+
 def add_commands(verbs) -> None:
     p = verbs.add_parser("bench", help="time Booth against ComfyUI's and diffusers' trainers on one workload",
                          description="Runs Booth and every reference given (ComfyUI's built-in Train LoRA node, "
@@ -57,3 +73,24 @@ def add_commands(verbs) -> None:
                    help="then run each trainer once more under torch.profiler and print where its step time goes")
     p.add_argument("--lock", type=Path, help="file locked while each run executes (machines shared by benchmarks)")
     p.set_defaults(run=cmd_bench)
+
+    p = verbs.add_parser("scaling", help="how Booth's step time and memory grow with resolution, rank, batch, images",
+                         description="Varies one setting at a time around a base point (--resolution, --rank, "
+                                     "--batch-size, --images), each point its own timed run; writes scaling.json, "
+                                     "a table (scaling.md) and a plot (scaling.png) to --out-dir.")
+    p.add_argument("--base", required=True, help="single-file SD1.x/SD2.x checkpoint (.safetensors)")
+    p.add_argument("--out-dir", default="outputs/scaling")
+    p.add_argument("--method", choices=("lora", "dreambooth"), default="lora")
+    p.add_argument("--steps", type=int, default=4, help="steps per point, warm-up included")
+    p.add_argument("--warmup", type=int, default=1, help="first steps left out of the per-step time")
+    p.add_argument("--resolution", type=int, default=256, help="base point")
+    p.add_argument("--rank", type=int, default=8, help="base point")
+    p.add_argument("--batch-size", type=int, default=1, help="base point")
+    p.add_argument("--images", type=int, default=4, help="base point: synthetic instance images")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    p.add_argument("--resolution-values", type=int, nargs="+", metavar="PX", help="e.g. 256 512 768")
+    p.add_argument("--rank-values", type=int, nargs="+", metavar="R", help="e.g. 4 32 128")
+    p.add_argument("--batch-size-values", type=int, nargs="+", metavar="B", help="e.g. 1 2 4")
+    p.add_argument("--image-count-values", type=int, nargs="+", metavar="N", help="e.g. 4 16 64")
+    p.add_argument("--lock", type=Path, help="file locked while each run executes (machines shared by benchmarks)")
+    p.set_defaults(run=cmd_scaling)

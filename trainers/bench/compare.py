@@ -49,7 +49,7 @@ def run_bench(options: BenchOptions, say: Callable[[str], None] = print) -> dict
     out.mkdir(parents=True, exist_ok=True)
     work.base = Path(work.base).resolve()
     work.images = write_images(out / "images", options.image_count, work.resolution, work.seed)
-    env = _child_env()
+    env = child_env()
     makers = _contender_makers(options, out, env, say)
     say(f"measuring {', '.join(makers)} for {options.rounds} round(s) of {work.steps} steps")
     peak = matmul_peak_gflops()
@@ -147,7 +147,7 @@ def write_images(folder: Path, count: int, size: int, seed: int) -> Path:
     return folder
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
                DIFFUSERS_VERBOSITY="error", TRANSFORMERS_VERBOSITY="error")
     env.pop("PYTHONPATH", None)

@@ -66,7 +66,7 @@ def table(summary: dict[str, dict], ratio: dict[str, dict]) -> str:
                      f"{ratio[name]['time']:.2f}" if name in ratio else ("1.00" if name == "booth" else ""),
                      _gb(s["peak_rss_bytes"]), _gb(s["peak_vram_bytes"]), f"{s['gflops']:.0f}",
                      f"{100 * s['share_of_matmul_peak']:.0f}%", _mb(s["output_bytes"])))
-    return _markdown(rows)
+    return markdown(rows)
 
 
 def profile_table(profiles: dict[str, dict]) -> str:
@@ -84,10 +84,10 @@ def profile_table(profiles: dict[str, dict]) -> str:
             cells.append(f"{seconds:.2f} s ({seconds / totals[name]:.0%})")
         rows.append((kind, *cells))
     rows.append(("total (profiled)", *(f"{profiles[name]['seconds_per_step']:.2f} s" for name in names)))
-    return _markdown(rows)
+    return markdown(rows)
 
 
-def _markdown(rows: list[tuple]) -> str:
+def markdown(rows: list[tuple]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows)
 
