@@ -87,7 +87,7 @@ def workflow_to_prompt(workflow: dict, object_info: dict) -> dict:
 
 
 class WebSocket:
-    """A blocking websocket client for ComfyUI's /ws (server frames are never masked)."""
+    """A blocking websocket client for ComfyUI's /ws and Chromium's DevTools (server frames are never masked)."""
 
     def __init__(self, host: str, port: int, path: str, timeout: float = 30.0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
@@ -118,16 +118,24 @@ class WebSocket:
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         length = len(payload)
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length) if length < 126 else struct.pack(
-            "!BBH", 0x80 | opcode, 0x80 | 126, length)
+        if length < 126:
+            header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+        elif length < 65536:
+            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
         self.sock.sendall(header + mask + masked)
+
+    def send_text(self, text: str) -> None:
+        self._send(0x1, text.encode())
 
     def receive(self, timeout: float) -> tuple[str, bytes | str]:
         """The next message: ("text", str) or ("binary", bytes); answers pings on the way."""
         self.sock.settimeout(timeout)
+        fragments, kind = b"", None
         while True:
             first, second = self._read(2)
-            opcode, length = first & 0x0F, second & 0x7F
+            final, opcode, length = first & 0x80, first & 0x0F, second & 0x7F
             if length == 126:
                 length = struct.unpack("!H", self._read(2))[0]
             elif length == 127:
@@ -137,10 +145,11 @@ class WebSocket:
                 self._send(0xA, payload)
             elif opcode == 0x8:
                 raise ConnectionError("the server closed the websocket")
-            elif opcode == 0x1:
-                return "text", payload.decode()
-            elif opcode == 0x2:
-                return "binary", payload
+            elif opcode in (0x0, 0x1, 0x2):  # a message may come in fragments: continuation frames
+                kind = kind or ("text" if opcode == 0x1 else "binary")
+                fragments += payload
+                if final:
+                    return kind, fragments.decode() if kind == "text" else fragments
 
     def close(self) -> None:
         self.sock.close()

@@ -277,3 +277,71 @@ def test_compare_workflow_scores_base_and_tuned_with_clip_score(server, object_i
     for node_id in ("40", "41", "51", "52"):  # score tables, the comparison grid and its plots
         assert all(path.is_file() for path in saved_images(server, run, node_id)), node_id
     assert list((server.base / "output" / "booth" / "compare").glob("*")), "Compare Models wrote no report"
+
+
+LIVE_VIEW_RUN = """(async () => {
+  const api = window.comfyAPI.api.api;
+  const response = await fetch("/api/workflow_templates/%(pack)s/%(template)s.json");
+  if (!response.ok) throw new Error(`template ${response.status}`);
+  await app.loadGraphData(await response.json(), true, true, "%(template)s");
+  const small = %(small)s;
+  for (const node of app.graph.nodes)
+    for (const widget of node.widgets ?? [])
+      if (small[node.type]?.[widget.name] !== undefined) widget.value = small[node.type][widget.name];
+  const trainer = app.graph.getNodeById(%(node)s);
+  app.canvas.ds.scale = 1;
+  app.canvas.centerOnNode(trainer);
+  app.canvas.setDirty(true, true);
+  const losses = [];
+  api.addEventListener("booth.progress", ({ detail }) => { if (detail.event === "step") losses.push(detail.loss); });
+  const finished = new Promise((resolve) => ["execution_success", "execution_error", "execution_interrupted"]
+    .forEach((type) => api.addEventListener(type, ({ detail }) => resolve({ type, detail }))));
+  await app.queuePrompt(0, 1);
+  const outcome = await finished;
+  await new Promise((resolve) => setTimeout(resolve, 1000));  // the node's executed message, then a frame
+  const view = trainer.boothLiveView;
+  const box = view.canvas.getBoundingClientRect();
+  const pixels = view.canvas.getContext("2d").getImageData(0, 0, view.canvas.width, view.canvas.height).data;
+  let curvePixels = 0;  // the smoothed curve's colour, #6cf
+  for (let i = 0; i < pixels.length; i += 4)
+    if (pixels[i] < 150 && pixels[i + 1] > 170 && pixels[i + 2] > 220) curvePixels += 1;
+  return { outcome: outcome.type, error: outcome.type === "execution_success" ? null : outcome.detail,
+           losses, type: trainer.type, title: trainer.title, status: view.status.textContent,
+           shown: view.canvas.isConnected && box.width > 100 && box.height > 50, curvePixels,
+           lossPlots: (trainer.imgs ?? []).length };
+})()"""
+
+
+def test_front_end_loads_the_lora_template_and_draws_the_live_loss_curve(server, tmp_path):
+    """The real front end in headless Chromium: template (a) loaded as the template browser does,
+    queued from the page, the live view's loss curve drawn from the steps the page received."""
+    import urllib.request
+
+    from browser import Browser, find_chromium
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium found (install chromium or chromium-headless-shell, or set $CHROMIUM)")
+    skip_tour = urllib.request.Request(f"{server.url}/settings", data=json.dumps({"Comfy.TutorialCompleted": True})
+                                       .encode(), headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(skip_tour, timeout=30).close()
+    small = {node: dict(values) for node, values in SMALL.items()}
+    small["BoothTrainLoRA"]["sample_every"] = 0  # previews are checked through the websocket above
+    script = LIVE_VIEW_RUN % {"pack": PACK, "template": "booth_lora_train_and_generate", "node": 10,
+                              "small": json.dumps(small)}
+    artifacts = Path(os.environ.get("BOOTH_TEST_ARTIFACTS", REPO / "test-artifacts"))
+    with Browser(chromium, tmp_path / "chromium") as page:
+        page.call("Page.navigate", {"url": server.url})
+        page.wait_for("window.app?.graph && app.extensions?.some((e) => e.name === 'booth.training_view')", 180)
+        result = page.evaluate(script, timeout=RUN_TIMEOUT)
+        screenshot = page.screenshot(artifacts / "lora_template_in_comfyui.png")
+        booth_errors = [error for error in page.errors if f"/extensions/{PACK}/" in error["url"] + error["text"]]
+
+    assert result["outcome"] == "execution_success", result["error"]
+    assert result["type"] == "BoothTrainLoRA" and result["shown"], result
+    assert len(result["losses"]) == TRAIN_STEPS and all(loss > 0 for loss in result["losses"])
+    assert result["status"].startswith(f"booth_subject_lora.safetensors: {TRAIN_STEPS} steps in "), result["status"]
+    assert result["curvePixels"] > 20, result  # two points: a line across the chart
+    assert result["lossPlots"] == 1  # the final loss plot stays on the node
+    assert not booth_errors, booth_errors
+    assert Image.open(screenshot).size == (1600, 1000)

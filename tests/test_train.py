@@ -277,6 +277,23 @@ def test_schedules_and_optimizer_errors():
         make_optimizer([{"params": [param], "lr": 1e-4}], "adamw8bit", 0.0, torch.device("cpu"))
 
 
+def test_adamw_is_the_fused_kernel_and_steps_like_the_plain_loop():
+    torch.manual_seed(0)
+    start, grads = torch.randn(3, 64, 64), torch.randn(4, 3, 64, 64)
+    weights = []
+    for fused in (True, False):
+        param = torch.nn.Parameter(start.clone())
+        optimizer = (make_optimizer([{"params": [param], "lr": 1e-2}], "adamw", 0.01, torch.device("cpu")) if fused
+                     else torch.optim.AdamW([param], lr=1e-2, weight_decay=0.01))
+        assert optimizer.defaults["fused"] is (True if fused else None)
+        for grad in grads:
+            param.grad = grad.clone()
+            optimizer.step()
+        weights.append(param.detach())
+    assert not torch.equal(weights[0], start)
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)
+
+
 def test_console_progress_prints_loss_and_eta():
     stream = io.StringIO()
     console = ConsoleProgress(every=2, stream=stream)
