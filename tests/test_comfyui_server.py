@@ -279,8 +279,20 @@ def test_compare_workflow_scores_base_and_tuned_with_clip_score(server, object_i
     assert list((server.base / "output" / "booth" / "compare").glob("*")), "Compare Models wrote no report"
 
 
-LIVE_VIEW_RUN = """(async () => {
+# Browser-side helpers: queue the graph as the Queue button does and wait for the prompt's end.
+QUEUE_AND_WAIT = """
   const api = window.comfyAPI.api.api;
+  const queueAndWait = async () => {
+    const finished = new Promise((resolve) => ["execution_success", "execution_error", "execution_interrupted"]
+      .forEach((type) => api.addEventListener(type, ({ detail }) => resolve({ type, detail }))));
+    await app.queuePrompt(0, 1);
+    const end = await finished;
+    await new Promise((resolve) => setTimeout(resolve, 1000));  // the nodes' executed messages, then a frame
+    return { outcome: end.type, error: end.type === "execution_success" ? null : end.detail };
+  };
+"""
+
+LIVE_VIEW_RUN = """(async () => {%(queue)s
   const response = await fetch("/api/workflow_templates/%(pack)s/%(template)s.json");
   if (!response.ok) throw new Error(`template ${response.status}`);
   await app.loadGraphData(await response.json(), true, true, "%(template)s");
@@ -294,27 +306,37 @@ LIVE_VIEW_RUN = """(async () => {
   app.canvas.setDirty(true, true);
   const losses = [];
   api.addEventListener("booth.progress", ({ detail }) => { if (detail.event === "step") losses.push(detail.loss); });
-  const finished = new Promise((resolve) => ["execution_success", "execution_error", "execution_interrupted"]
-    .forEach((type) => api.addEventListener(type, ({ detail }) => resolve({ type, detail }))));
-  await app.queuePrompt(0, 1);
-  const outcome = await finished;
-  await new Promise((resolve) => setTimeout(resolve, 1000));  // the node's executed message, then a frame
+  const end = await queueAndWait();
   const view = trainer.boothLiveView;
   const box = view.canvas.getBoundingClientRect();
   const pixels = view.canvas.getContext("2d").getImageData(0, 0, view.canvas.width, view.canvas.height).data;
   let curvePixels = 0;  // the smoothed curve's colour, #6cf
   for (let i = 0; i < pixels.length; i += 4)
     if (pixels[i] < 150 && pixels[i + 1] > 170 && pixels[i + 2] > 220) curvePixels += 1;
-  return { outcome: outcome.type, error: outcome.type === "execution_success" ? null : outcome.detail,
-           losses, type: trainer.type, title: trainer.title, status: view.status.textContent,
+  return { ...end, losses, type: trainer.type, status: view.status.textContent,
            shown: view.canvas.isConnected && box.width > 100 && box.height > 50, curvePixels,
            lossPlots: (trainer.imgs ?? []).length };
 })()"""
 
+# What the workflow's note says to do later: refresh (R), un-mute group 4, mute groups 2-3, queue.
+LORA_LOADER_RUN = """(async () => {%(queue)s
+  await app.refreshComboInNodes();
+  for (const [id, mode] of Object.entries(%(modes)s)) app.graph.getNodeById(Number(id)).mode = mode;
+  const end = await queueAndWait();
+  const saver = app.graph.getNodeById(%(saver)s);
+  app.canvas.centerOnNode(saver);
+  app.canvas.setDirty(true, true);
+  for (let wait = 0; wait < 20 && !saver.imgs?.length; wait++) await new Promise((r) => setTimeout(r, 250));
+  return { ...end, images: app.nodeOutputs?.["%(saver)s"]?.images?.length ?? 0, shown: saver.imgs?.length ?? 0 };
+})()"""
 
-def test_front_end_loads_the_lora_template_and_draws_the_live_loss_curve(server, tmp_path):
-    """The real front end in headless Chromium: template (a) loaded as the template browser does,
-    queued from the page, the live view's loss curve drawn from the steps the page received."""
+UNUSUAL_LOG_LINES = re.compile(r"lora key not loaded|NOT LOADED|Traceback|\bERROR\b|\bWARNING\b|Exception")
+
+
+def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_uses_the_lora(server, tmp_path):
+    """The real front end in headless Chromium, as a new user goes: template (a) loaded as the
+    template browser does, queued from the page, the live loss curve drawn from the steps the page
+    received; then the note's "later" group queued, the new LoRA read by the standard Load LoRA."""
     import urllib.request
 
     from browser import Browser, find_chromium
@@ -325,23 +347,34 @@ def test_front_end_loads_the_lora_template_and_draws_the_live_loss_curve(server,
     skip_tour = urllib.request.Request(f"{server.url}/settings", data=json.dumps({"Comfy.TutorialCompleted": True})
                                        .encode(), headers={"Content-Type": "application/json"})
     urllib.request.urlopen(skip_tour, timeout=30).close()
+    template = "booth_lora_train_and_generate"
     small = {node: dict(values) for node, values in SMALL.items()}
     small["BoothTrainLoRA"]["sample_every"] = 0  # previews are checked through the websocket above
-    script = LIVE_VIEW_RUN % {"pack": PACK, "template": "booth_lora_train_and_generate", "node": 10,
-                              "small": json.dumps(small)}
+    workflow = load_workflow(f"{template}.json")
+    later = set_group_mode(set_group_mode(set_group_mode(workflow, "4 ", 0), "2 ", 2), "3 ", 2)
+    modes = {node["id"]: node.get("mode", 0) for node in later["nodes"]}
     artifacts = Path(os.environ.get("BOOTH_TEST_ARTIFACTS", REPO / "test-artifacts"))
+    log_before = len(server.log())
     with Browser(chromium, tmp_path / "chromium") as page:
         page.call("Page.navigate", {"url": server.url})
         page.wait_for("window.app?.graph && app.extensions?.some((e) => e.name === 'booth.training_view')", 180)
-        result = page.evaluate(script, timeout=RUN_TIMEOUT)
+        trained = page.evaluate(LIVE_VIEW_RUN % {"queue": QUEUE_AND_WAIT, "pack": PACK, "template": template,
+                                                 "node": 10, "small": json.dumps(small)}, timeout=RUN_TIMEOUT)
         screenshot = page.screenshot(artifacts / "lora_template_in_comfyui.png")
+        generated = page.evaluate(LORA_LOADER_RUN % {"queue": QUEUE_AND_WAIT, "modes": json.dumps(modes),
+                                                     "saver": 45}, timeout=RUN_TIMEOUT)
+        page.screenshot(artifacts / "lora_loader_image_in_comfyui.png")
         booth_errors = [error for error in page.errors if f"/extensions/{PACK}/" in error["url"] + error["text"]]
 
-    assert result["outcome"] == "execution_success", result["error"]
-    assert result["type"] == "BoothTrainLoRA" and result["shown"], result
-    assert len(result["losses"]) == TRAIN_STEPS and all(loss > 0 for loss in result["losses"])
-    assert result["status"].startswith(f"booth_subject_lora.safetensors: {TRAIN_STEPS} steps in "), result["status"]
-    assert result["curvePixels"] > 20, result  # two points: a line across the chart
-    assert result["lossPlots"] == 1  # the final loss plot stays on the node
-    assert not booth_errors, booth_errors
+    assert trained["outcome"] == "execution_success", trained["error"]
+    assert trained["type"] == "BoothTrainLoRA" and trained["shown"], trained
+    assert len(trained["losses"]) == TRAIN_STEPS and all(loss > 0 for loss in trained["losses"])
+    assert trained["status"].startswith(f"booth_subject_lora.safetensors: {TRAIN_STEPS} steps in "), trained
+    assert trained["curvePixels"] > 20, trained  # two points: a line across the chart
+    assert trained["lossPlots"] == 1  # the final loss plot stays on the node
     assert Image.open(screenshot).size == (1600, 1000)
+    assert generated["outcome"] == "execution_success", generated["error"]
+    assert generated["images"] == 1 and generated["shown"] == 1, generated
+    assert not booth_errors, booth_errors
+    unusual = [line for line in server.log()[log_before:].splitlines() if UNUSUAL_LOG_LINES.search(line)]
+    assert not unusual, unusual
