@@ -30,13 +30,19 @@ sys.exit(int(sys.argv[3]))
 """
 
 
+def run_tiny(verb: str, checkpoint: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
+    """``python -m trainers VERB`` on the tiny model at 64 px, Booth only; fails the test if it fails."""
+    done = subprocess.run([sys.executable, "-m", "trainers", verb, "--base", str(checkpoint), "--out-dir", str(out),
+                           "--warmup", "1", "--resolution", "64", *options],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_booth_only_bench_writes_json_and_table(tiny_checkpoint, tmp_path):
     out = tmp_path / "bench"
-    done = subprocess.run([sys.executable, "-m", "trainers", "bench", "--base", str(tiny_checkpoint("sd15")),
-                           "--out-dir", str(out), "--steps", "4", "--warmup", "1", "--resolution", "64",
-                           "--images", "2", "--rank", "4", "--no-comfyui"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = run_tiny("bench", tiny_checkpoint("sd15"), out, "--steps", "4", "--images", "2", "--rank", "4",
+                    "--no-comfyui")
     report = json.loads((out / "bench.json").read_text())
     [run] = report["runs"]
     assert run["trainer"] == "booth" and run["returncode"] == 0 and run["steps_done"] == 4
@@ -112,11 +118,8 @@ def test_a_killed_run_is_reported_with_its_peak_memory():
 
 def test_profile_splits_the_steady_steps_by_kind_of_work(tiny_checkpoint, tmp_path):
     out = tmp_path / "bench"
-    done = subprocess.run([sys.executable, "-m", "trainers", "bench", "--base", str(tiny_checkpoint("sd15")),
-                           "--out-dir", str(out), "--steps", "4", "--warmup", "1", "--resolution", "64",
-                           "--images", "2", "--rank", "4", "--no-comfyui", "--profile"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = run_tiny("bench", tiny_checkpoint("sd15"), out, "--steps", "4", "--images", "2", "--rank", "4",
+                    "--no-comfyui", "--profile")
     profile = json.loads((out / "bench.json").read_text())["profiles"]["booth"]
     assert profile["steps"] == 3 and profile["device"] is False
     assert profile["kinds"]["convolution"] > 0 and profile["kinds"]["matmul (linear layers)"] > 0
@@ -129,11 +132,8 @@ def test_profile_splits_the_steady_steps_by_kind_of_work(tiny_checkpoint, tmp_pa
 
 def test_scaling_varies_one_setting_at_a_time_and_writes_table_and_plot(tiny_checkpoint, tmp_path):
     out = tmp_path / "scaling"
-    done = subprocess.run([sys.executable, "-m", "trainers", "scaling", "--base", str(tiny_checkpoint("sd15")),
-                           "--out-dir", str(out), "--steps", "3", "--warmup", "1", "--resolution", "64",
-                           "--rank-values", "2", "8", "--resolution-values", "64", "128"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+    done = run_tiny("scaling", tiny_checkpoint("sd15"), out, "--steps", "3", "--rank-values", "2", "8",
+                    "--resolution-values", "64", "128")
     report = json.loads((out / "scaling.json").read_text())
     points = {(p["factor"], p["value"]): p for p in report["points"]}
     assert set(points) == {("rank", 2), ("rank", 8), ("resolution", 64), ("resolution", 128)}

@@ -111,13 +111,17 @@ def scaling_plot(points: list[dict], path: Path) -> Path:
         mine = [point for point in points if point["factor"] == factor and not point["error"]]
         axes = figure.add_subplot(1, len(factors), index + 1)
         values = [point["value"] for point in mine]
-        axes.plot(values, [point["s_per_step"] for point in mine], "o-", color="tab:blue")
+        seconds = [point["s_per_step"] for point in mine]
+        gigabytes = [(point["peak_vram_bytes"] or point["peak_rss_bytes"]) / 1e9 for point in mine]
+        axes.plot(values, seconds, "o-", color="tab:blue")
         axes.set_xlabel(LABELS[factor])
         axes.set_ylabel("s/step", color="tab:blue")
         memory = axes.twinx()
-        memory.plot(values, [(point["peak_vram_bytes"] or point["peak_rss_bytes"]) / 1e9 for point in mine],
-                    "s--", color="tab:red")
+        memory.plot(values, gigabytes, "s--", color="tab:red")
         memory.set_ylabel("peak memory (GB)", color="tab:red")
+        axes.set_ylim(0, 1.15 * max(seconds, default=1))  # from zero, so a flat factor looks flat
+        memory.set_ylim(0, 1.15 * max(gigabytes, default=1))
         if factor in ("rank", "image_count") and len(values) > 1:
             axes.set_xscale("log", base=2)
+        axes.set_xticks(values, [str(value) for value in values])  # ticks at the measured values only
     return atomic_write(path, lambda temp: figure.savefig(temp, format="png", dpi=110))
