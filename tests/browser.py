@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -43,16 +44,22 @@ class Browser:
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", f"--user-data-dir={profile}",
              f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)  # its own process group: distributions start it through a wrapper script
         self.errors: list[dict] = []
         self._next_id = 0
-        port = self._devtools_port(timeout=60)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
-            page = next(target for target in json.loads(response.read()) if target["type"] == "page")
-        address = urlparse(page["webSocketDebuggerUrl"])
-        self.ws = WebSocket(address.hostname, address.port, address.path, timeout=60)
-        self.call("Runtime.enable")
-        self.call("Page.enable")
+        self.ws: WebSocket | None = None
+        try:
+            port = self._devtools_port(timeout=60)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
+                page = next(target for target in json.loads(response.read()) if target["type"] == "page")
+            address = urlparse(page["webSocketDebuggerUrl"])
+            self.ws = WebSocket(address.hostname, address.port, address.path, timeout=60)
+            self.call("Runtime.enable")
+            self.call("Page.enable")
+        except BaseException:
+            self.close()
+            raise
 
     def _devtools_port(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -74,13 +81,21 @@ class Browser:
         self.close()
 
     def close(self) -> None:
-        self.ws.close()
-        self.process.terminate()
+        """Stop the whole process group: the wrapper's child, its zygotes and renderers too."""
+        if self.ws is not None:
+            self.ws.close()
+        self._signal_group(signal.SIGTERM)
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self._signal_group(signal.SIGKILL)
             self.process.wait()
+
+    def _signal_group(self, number: int) -> None:
+        try:
+            os.killpg(self.process.pid, number)
+        except ProcessLookupError:  # everything in it has exited already
+            pass
 
     def call(self, method: str, params: dict | None = None, timeout: float = 60) -> dict:
         """Send one DevTools command and return its result, noting page errors that arrive meanwhile."""
