@@ -69,3 +69,21 @@ def test_every_layer_upcasts_into_one_buffer_the_size_of_the_largest_weight(tmp_
         addresses.append(scratch.buffer.data_ptr())
     assert scratch.buffer.dtype == torch.float32 and scratch.buffer.numel() == largest
     assert addresses[0] == addresses[1]  # the second step allocated no float32 weight memory
+
+
+def test_a_model_used_under_inference_mode_first_still_trains(tmp_path):
+    """Class images and previews run under torch.inference_mode (so does ComfyUI's executor); the
+    upcast buffer they leave must not break the training passes that follow."""
+    half, reference = _fp16_model(tmp_path)
+    reference.unet.float()
+    assert keep_half_storage(half.unet)
+    context = torch.randn(1, 77, half.unet.config.cross_attention_dim)
+    with torch.inference_mode():
+        half.unet(torch.randn(1, 4, 8, 8), torch.tensor([10]), encoder_hidden_states=context)
+    assert half.unet.conv_in.upcast_scratch.buffer.is_inference()
+    grads = []
+    for unet in (half.unet, reference.unet):
+        x = torch.ones(1, 4, 8, 8, requires_grad=True)
+        unet(x, torch.tensor([10]), encoder_hidden_states=context).sample.square().mean().backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1])

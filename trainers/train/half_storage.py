@@ -28,7 +28,10 @@ class FloatScratch:
 
     def upcast(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         count = weight.numel()
-        if self.buffer.numel() < count or self.buffer.dtype != dtype or self.buffer.device != weight.device:
+        # A buffer made under inference mode (class images, previews, ComfyUI's executor) cannot be
+        # written outside it, where training runs: replace it there.
+        stale = self.buffer.is_inference() and not torch.is_inference_mode_enabled()
+        if stale or self.buffer.numel() < count or self.buffer.dtype != dtype or self.buffer.device != weight.device:
             self.buffer = torch.empty(count, dtype=dtype, device=weight.device)
         return self.buffer[:count].view(weight.shape).copy_(weight)
 
