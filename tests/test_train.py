@@ -152,6 +152,19 @@ def test_aspect_buckets_train_beside_square_class_images(work, tiny_checkpoint):
     assert all(row["prior_loss"] > 0 for row in result.history)
 
 
+def test_an_fp16_checkpoint_trains_after_class_images_and_between_previews(work, tmp_path):
+    """An fp16 file keeps its frozen weights in fp16 on the CPU; generating class images and previews
+    (under inference mode) before and between training steps must not break the steps."""
+    from trainers.checkpoint.test_models import make_test_checkpoint
+
+    base = make_test_checkpoint("sd15", tmp_path / "tiny_fp16.safetensors", tiny=True, seed=0, dtype=torch.float16)
+    result = train(config_for(work, "fp16", base, "method=dreambooth_lora", "steps=2", "sample.every=1",
+                              "sample.steps=2", f"cache_dir={tmp_path / 'cache'}"))
+    assert result.steps == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert all(row["prior_loss"] > 0 for row in result.history) and len(result.samples) == 2
+    assert result.components.unet.conv_in.weight.dtype == torch.float16  # stored in half, computed in float32
+
+
 RESUMABLE = ("method=dreambooth_lora", "steps=6", "gradient_accumulation=2", "lora.dropout=0.1",
              "min_snr_gamma=5", "noise_offset=0.05", "lr_scheduler=cosine", "warmup_steps=2", "data.flip=true")
 
