@@ -348,8 +348,10 @@ def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_u
                                        .encode(), headers={"Content-Type": "application/json"})
     urllib.request.urlopen(skip_tour, timeout=30).close()
     template = "booth_lora_train_and_generate"
+    lora = "booth_browser_lora"  # its own file: the other tests' LoRA may already exist on this server
     small = {node: dict(values) for node, values in SMALL.items()}
-    small["BoothTrainLoRA"]["sample_every"] = 0  # previews are checked through the websocket above
+    small["BoothTrainLoRA"].update(sample_every=0, lora_name=lora)  # previews: checked through the websocket
+    small["LoraLoader"] = {"lora_name": f"{lora}.safetensors"}
     workflow = load_workflow(f"{template}.json")
     later = set_group_mode(set_group_mode(set_group_mode(workflow, "4 ", 0), "2 ", 2), "3 ", 2)
     modes = {node["id"]: node.get("mode", 0) for node in later["nodes"]}
@@ -369,7 +371,7 @@ def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_u
     assert trained["outcome"] == "execution_success", trained["error"]
     assert trained["type"] == "BoothTrainLoRA" and trained["shown"], trained
     assert len(trained["losses"]) == TRAIN_STEPS and all(loss > 0 for loss in trained["losses"])
-    assert trained["status"].startswith(f"booth_subject_lora.safetensors: {TRAIN_STEPS} steps in "), trained
+    assert trained["status"].startswith(f"{lora}.safetensors: {TRAIN_STEPS} steps in "), trained
     assert trained["curvePixels"] > 20, trained  # two points: a line across the chart
     assert trained["lossPlots"] == 1  # the final loss plot stays on the node
     assert Image.open(screenshot).size == (1600, 1000)
