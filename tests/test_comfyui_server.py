@@ -241,8 +241,10 @@ def test_full_dreambooth_workflow_saves_a_checkpoint_that_load_checkpoint_reads(
     assert Image.open(image).size == (64, 64)
 
     later = set_group_mode(set_group_mode(set_group_mode(workflow, "4 ", 0), "2 ", 2), "3 ", 2)
+    loader = next(node for node in later["nodes"] if node["id"] == 30)
+    assert loader["widgets_values"][0] == checkpoint.name  # as shipped, it loads what the trainer saved
     prompt = small_prompt(later, object_info)
-    assert prompt["30"]["inputs"]["ckpt_name"] == checkpoint.name
+    prompt["30"]["inputs"]["ckpt_name"] = checkpoint.name  # SMALL points every loader at the test model
     again = server.run(prompt, RUN_TIMEOUT)
     assert again.outcome == "execution_success", again.events[-1]
     [image] = saved_images(server, again, "45")
