@@ -48,14 +48,16 @@ def run_scaling(options: ScalingOptions, say: Callable[[str], None] = print) -> 
     base = replace(options.work, base=Path(options.work.base).resolve())
     architecture = checkpoint_architecture(str(base.base))
     env = child_env()
-    points = []
+    points, image_sets = [], {}
     for factor, values in options.values.items():
         for value in values:
             point = {"resolution": base.resolution, "rank": base.rank, "batch_size": base.batch_size,
                      "image_count": options.image_count, factor: value}
             name = f"{factor}_{value}"
-            images = write_images(out / "images" / f"{point['image_count']}_{point['resolution']}",
-                                  point["image_count"], point["resolution"], base.seed)
+            shape = (point["image_count"], point["resolution"])  # points that differ elsewhere share their images
+            if shape not in image_sets:
+                image_sets[shape] = write_images(out / "images" / f"{shape[0]}_{shape[1]}", *shape, base.seed)
+            images = image_sets[shape]
             work = replace(base, images=images, resolution=point["resolution"], rank=point["rank"],
                            batch_size=point["batch_size"])
             result = measure(contenders.booth(work, options.python, out / "runs" / name), out / "runs" / name,
