@@ -76,6 +76,18 @@ def test_step_clock_times_each_optimizer_step_and_keeps_the_exit_status(tmp_path
     assert result["returncode"] == 3 and result["steps_done"] == 2 and "error" in result
 
 
+@pytest.mark.parametrize("window", ["0:2", "2:3"])
+def test_step_clock_profiles_exactly_the_steps_of_its_window(tmp_path, window):
+    script = tmp_path / "train.py"
+    script.write_text(TRAINING_SCRIPT)
+    contender = Contender("toy", [str(script), "5", str(tmp_path / "weights.txt"), "0"], sys.executable, tmp_path)
+    result = measure(contender, tmp_path / "run", warmup=1, env={"PATH": "/usr/bin:/bin"}, profile=window)
+    assert result["returncode"] == 0 and result["steps_done"] == 5
+    profile = json.loads((tmp_path / "run" / "steps.profile.json").read_text())
+    assert profile["steps"] == int(window.split(":")[1])
+    assert profile["kinds"]["optimiser"] > 0 and "Optimizer.step#SGD.step" in profile["operators"]
+
+
 def test_ratios_are_taken_within_rounds():
     runs = [{"round": 0, "trainer": "booth", "s_per_step": 2.0, "peak_rss_bytes": 4e9, "peak_vram_bytes": None,
              "output_bytes": 10},

@@ -51,19 +51,19 @@ def _kind(name: str) -> str:
 def _after_step(optimizer, args, kwargs) -> None:
     _STEP_ENDS.append(time.perf_counter() - _START)
     if _PROFILE and len(_STEP_ENDS) == _PROFILE["after"]:
-        _PROFILE["profiler"] = torch.profiler.profile(activities=_profiler_activities())
-        _PROFILE["profiler"].__enter__()
+        _start_profiler()
     elif _PROFILE.get("profiler") is not None and len(_STEP_ENDS) == _PROFILE["after"] + _PROFILE["count"]:
         profiler, _PROFILE["profiler"] = _PROFILE["profiler"], None
         profiler.__exit__(None, None, None)
         _write_profile(profiler, _PROFILE["count"], _PROFILE["record"])
 
 
-def _profiler_activities() -> list:
+def _start_profiler() -> None:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    return activities
+    _PROFILE["profiler"] = torch.profiler.profile(activities=activities)
+    _PROFILE["profiler"].__enter__()
 
 
 def _write_profile(profiler, steps: int, record: str) -> None:
@@ -77,7 +77,8 @@ def _write_profile(profiler, steps: int, record: str) -> None:
             per_step[event.key] = per_step.get(event.key, 0.0) + seconds
     kinds: dict = {}
     for name, seconds in per_step.items():
-        kinds[_kind(name)] = kinds.get(_kind(name), 0.0) + seconds
+        kind = _kind(name)
+        kinds[kind] = kinds.get(kind, 0.0) + seconds
     total = sum(per_step.values()) or 1.0
     lines = [f"{'device' if device else 'CPU'} self time per step over {steps} steps: {total:.3f} s", "",
              f"{'kind of work':<32}{'s/step':>9}{'share':>8}"]
@@ -111,6 +112,8 @@ def main() -> None:
         window, target, *rest = rest
         after, count = (int(part) for part in window.split(":"))
         _PROFILE.update(after=after, count=count, record=record)
+        if after == 0:  # no warm-up left out: profile from the first step
+            _start_profiler()
     register_optimizer_step_post_hook(_after_step)
     atexit.register(_write_record, record)
     if target == "-m":
