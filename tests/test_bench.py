@@ -162,10 +162,14 @@ def test_scaling_varies_one_setting_at_a_time_and_writes_table_and_plot(tiny_che
     assert "| LoRA rank" in table and "| resolution (px)" in table and table.strip() in done.stdout
 
 
-def test_scaling_refuses_an_unknown_factor(tiny_checkpoint, tmp_path):
+def test_scaling_refuses_an_unknown_factor_or_nothing_to_vary(tiny_checkpoint, tmp_path):
     from trainers.bench.contenders import Workload
     from trainers.bench.scaling import ScalingOptions, run_scaling
 
     options = ScalingOptions(Workload(base=tiny_checkpoint("sd15"), images=tmp_path), tmp_path, {"colour": [1]})
     with pytest.raises(BoothError, match="unknown scaling factor.*colour"):
         run_scaling(options)
+    options.values = {}
+    with pytest.raises(BoothError, match="nothing to vary.*--resolution-values"):
+        run_scaling(options)
+    assert not list(tmp_path.iterdir())  # refused before anything was written

@@ -32,13 +32,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_scaling(args: argparse.Namespace) -> int:
-    import sys
-
     from .scaling import FACTORS, ScalingOptions, run_scaling
 
     values = {factor: getattr(args, f"{factor}_values") for factor in FACTORS if getattr(args, f"{factor}_values")}
     options = ScalingOptions(_workload(args), Path(args.out_dir), values, image_count=args.images, warmup=args.warmup,
-                             lock=args.lock, python=sys.executable)
+                             lock=args.lock)
     run_scaling(options)
     return 0
 

@@ -8,6 +8,7 @@ factor run back to back, so their ratios share the machine's conditions of that 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -33,13 +34,16 @@ class ScalingOptions:
     image_count: int = 4
     warmup: int = 1
     lock: Path | None = None
-    python: str = "python"
+    python: str = field(default_factory=lambda: sys.executable)  # runs Booth's CLI for each point
 
 
 def run_scaling(options: ScalingOptions, say: Callable[[str], None] = print) -> dict:
     """Measure every point, write ``scaling.json``, ``scaling.md`` and ``scaling.png``; return the report."""
     if options.work.steps <= options.warmup + 1:
         raise BoothError(f"steps ({options.work.steps}) must exceed warmup ({options.warmup}) by at least 2.")
+    if not any(options.values.values()):
+        raise BoothError("nothing to vary: give values for at least one factor (--resolution-values, --rank-values, "
+                         "--batch-size-values, --image-count-values).")
     unknown = set(options.values) - set(FACTORS)
     if unknown:
         raise BoothError(f"unknown scaling factor(s) {sorted(unknown)}; choose from {', '.join(FACTORS)}.")
