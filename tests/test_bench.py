@@ -107,13 +107,17 @@ def test_ratios_are_taken_within_rounds():
     assert lines[2].split("|")[3].strip() == "1.00" and lines[3].split("|")[3].strip() == "0.29"
 
 
-def test_too_few_steps_to_time_is_refused(tiny_checkpoint, tmp_path):
+def test_too_few_steps_or_a_missing_model_is_refused(tiny_checkpoint, tmp_path):
     from trainers.bench.compare import BenchOptions, run_bench
     from trainers.bench.contenders import Workload
 
     options = BenchOptions(Workload(base=tiny_checkpoint("sd15"), images=tmp_path, steps=3), tmp_path, warmup=2)
     with pytest.raises(BoothError, match=r"steps \(3\) must exceed warmup \(2\)"):
         run_bench(options)
+    options.work.steps, options.work.base = 6, tmp_path / "missing.safetensors"
+    with pytest.raises(BoothError, match="File not found: .*missing.safetensors"):
+        run_bench(options)
+    assert not (tmp_path / "images").exists()  # refused before anything was written or run
 
 
 def test_a_killed_run_is_reported_with_its_peak_memory():
@@ -171,5 +175,8 @@ def test_scaling_refuses_an_unknown_factor_or_nothing_to_vary(tiny_checkpoint, t
         run_scaling(options)
     options.values = {}
     with pytest.raises(BoothError, match="nothing to vary.*--resolution-values"):
+        run_scaling(options)
+    options.values, options.work.base = {"rank": [4]}, tmp_path / "missing.safetensors"
+    with pytest.raises(BoothError, match="File not found: .*missing.safetensors"):
         run_scaling(options)
     assert not list(tmp_path.iterdir())  # refused before anything was written

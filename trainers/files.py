@@ -80,6 +80,8 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
     before any memory is allocated for it.
     """
     file = Path(path)
+    if not file.is_file():
+        raise BoothError(f"File not found: {file}")
     size = file.stat().st_size
     with open(file, "rb") as handle:
         head = handle.read(8)

@@ -46,8 +46,9 @@ def run_bench(options: BenchOptions, say: Callable[[str], None] = print) -> dict
     if work.steps <= options.warmup + 1:
         raise BoothError(f"steps ({work.steps}) must exceed warmup ({options.warmup}) by at least 2 so that "
                          "steady-state steps are timed.")
-    out.mkdir(parents=True, exist_ok=True)
     work.base = Path(work.base).resolve()
+    architecture = checkpoint_architecture(str(work.base))  # refuses a missing or foreign file before any run
+    out.mkdir(parents=True, exist_ok=True)
     work.images = write_images(out / "images", options.image_count, work.resolution, work.seed)
     env = child_env()
     makers = _contender_makers(options, out, env, say)
@@ -65,7 +66,6 @@ def run_bench(options: BenchOptions, say: Callable[[str], None] = print) -> dict
                                               f"{result['peak_rss_bytes'] / 1e9:.2f} GB" if not result.get("error")
                                               else f"failed (see {result['log']})"))
     peak = max(peak, matmul_peak_gflops())
-    architecture = checkpoint_architecture(str(work.base))
     forward = unet_forward_flops(architecture, work.resolution, work.batch_size)
     flops = training_step_flops(forward, trains_base_weights=work.method == "dreambooth")
     summary = summarize(runs, flops, peak)
