@@ -36,9 +36,9 @@ def lora_path(name: str) -> Path:
     return Path(folder_paths.get_full_path_or_raise("loras", name))
 
 
-def graph_family(model) -> tuple[str, bool]:
-    """(Booth family, tiny test architecture or not) of a ComfyUI MODEL, from its config and widths."""
-    from ..trainers.checkpoint.families import FAMILIES, architecture
+def graph_family(model) -> tuple[str, str]:
+    """(Booth family, variant) of a ComfyUI MODEL, from its config and widths."""
+    from ..trainers.checkpoint.families import FAMILIES, unet_variant
 
     config = model.model.model_config
     family = COMFY_FAMILIES.get(type(config).__name__)
@@ -46,9 +46,10 @@ def graph_family(model) -> tuple[str, bool]:
         raise BoothError(f"The connected model is a {type(config).__name__}; Booth merges LoRAs into "
                          f"{', '.join(spec.label for spec in FAMILIES.values())} models.")
     channels = config.unet_config.get("model_channels")
-    for tiny in (False, True):
-        if architecture(family, tiny)["unet"]["block_out_channels"][0] == channels:
-            return family, tiny
+    widths = [channels * mult for mult in config.unet_config.get("channel_mult", ())]
+    variant = unet_variant(family, widths)
+    if variant is not None:
+        return family, variant
     raise BoothError(f"The connected {FAMILIES[family].label} model has {channels} base channels, a size Booth "
                      "does not know; its LoRAs cannot be checked.")
 
@@ -127,8 +128,8 @@ class MergeLoRA:
                 raise BoothError("save_checkpoint needs the vae input connected (the checkpoint stores the VAE too).")
             output = comfy_bridge.safe_output_path(comfy_bridge.checkpoint_folder(), checkpoint_name, ".safetensors",
                                                    overwrite, "checkpoint_name")
-        family, tiny = graph_family(model)
-        checked = [(name, *lora_for_family(lora_path(name), family, tiny, skip_unknown=skip_unknown), unet, text)
+        family, variant = graph_family(model)
+        checked = [(name, *lora_for_family(lora_path(name), family, variant, skip_unknown=skip_unknown), unet, text)
                    for name, unet, text in loras]  # every LoRA checked before the model is touched
         lines = []
         for name, lora, left_out, unet, text in checked:

@@ -56,7 +56,7 @@ def tiny_checkpoint(model_dir):
 
     def get(family: str) -> Path:
         if family not in made:
-            made[family] = make_test_checkpoint(family, model_dir / f"{family}_tiny.safetensors", tiny=True, seed=1)
+            made[family] = make_test_checkpoint(family, model_dir / f"{family}_tiny.safetensors", variant="tiny", seed=1)
         return made[family]
 
     return get

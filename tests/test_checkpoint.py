@@ -99,7 +99,7 @@ def test_ema_weights_used_only_when_asked(tiny_checkpoint, tmp_path):
 def test_prediction_type_from_file_setting_and_sd2_guess(tiny_checkpoint, tmp_path):
     from trainers.checkpoint.test_models import make_test_checkpoint
 
-    v_model = make_test_checkpoint("sd2", tmp_path / "v.safetensors", tiny=True, prediction_type="v_prediction")
+    v_model = make_test_checkpoint("sd2", tmp_path / "v.safetensors", variant="tiny", prediction_type="v_prediction")
     assert load_components(v_model).scheduler.config.prediction_type == "v_prediction"
     assert load_components(v_model, prediction_type="epsilon").prediction_type == "epsilon"
     state, _ = load_tensors(tiny_checkpoint("sd2"))
@@ -130,7 +130,7 @@ def test_full_sd15_random_model_loads_and_runs(full_sd15):
 
     state, _ = load_tensors(full_sd15)
     detected = detect_family(state)
-    assert (detected.family, detected.tiny) == ("sd15", False)
+    assert (detected.family, detected.variant) == ("sd15", "full")
     assert sum(v.numel() for k, v in state.items() if "position_ids" not in k) == pytest.approx(1.066e9, rel=0.01)
     del state
     components = load_components(full_sd15, dtype=torch.float32)

@@ -11,7 +11,7 @@ from trainers.train.half_storage import keep_half_storage
 def _fp16_model(tmp_path):
     from trainers.checkpoint.test_models import make_test_checkpoint
 
-    path = make_test_checkpoint("sd15", tmp_path / "tiny_fp16.safetensors", tiny=True, seed=1, dtype=torch.float16)
+    path = make_test_checkpoint("sd15", tmp_path / "tiny_fp16.safetensors", variant="tiny", seed=1, dtype=torch.float16)
     return load_components(path), load_components(path)
 
 

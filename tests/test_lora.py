@@ -38,7 +38,7 @@ KOHYA_RULES = {
 
 def adapted(family: str, settings: LoraSettings = EVERYTHING, seed: int = 0):
     """Tiny components with a LoRA whose up matrices are non-zero (peft starts them at zero)."""
-    components = build_random_components(family, tiny=True, seed=7)
+    components = build_random_components(family, variant="tiny", seed=7)
     params = add_lora(components, settings, seed=seed)
     generator = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
@@ -77,7 +77,7 @@ def all_weights(components) -> dict[str, torch.Tensor]:
 def expected_shapes(family: str) -> dict[str, tuple[int, ...]]:
     """Kohya name -> weight shape, derived independently of trainers.lora: ComfyUI's rule (original UNet
     key, dots to underscores) plus, for SD1/SD2, the diffusers parameter names."""
-    components = build_random_components(family, tiny=True)
+    components = build_random_components(family, variant="tiny")
     shapes = {}
     for key, value in to_original_state_dict(components).items():
         if key.startswith(UNET_PREFIX) and key.endswith(".weight"):
@@ -140,7 +140,7 @@ def _expected_count(components, target: str) -> int:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_module_counts_per_target_set(family):
-    components = build_random_components(family, tiny=True)
+    components = build_random_components(family, variant="tiny")
     for target in ("attention", "feed_forward", "projections", "conv", "text"):
         settings = LoraSettings(rank=2, unet_targets=() if target == "text" else (target,),
                                 text_encoder=target == "text")
@@ -154,7 +154,7 @@ def test_module_counts_per_target_set(family):
 def test_file_applied_at_strength_one_reproduces_adapted_model(family, tmp_path):
     trained = adapted(family)
     path = save_lora(trained, EVERYTHING, tmp_path / "booth.safetensors", dtype=torch.float32)
-    base = build_random_components(family, tiny=True, seed=7)
+    base = build_random_components(family, variant="tiny", seed=7)
     assert relative_error(unet_output(base), unet_output(trained)) > 0.05  # the LoRA really changes things
     assert apply_lora(base, read_lora(path), strength=1.0) == []
     assert relative_error(unet_output(base), unet_output(trained)) <= 1e-4
@@ -171,7 +171,7 @@ def test_diffusers_kohya_reader_agrees_with_our_unet(family, tmp_path):
 
     trained = adapted(family)
     path = save_lora(trained, EVERYTHING, tmp_path / "booth.safetensors", dtype=torch.float32)
-    other = build_random_components(family, tiny=True, seed=7)
+    other = build_random_components(family, variant="tiny", seed=7)
     reader = StableDiffusionXLLoraLoaderMixin if family == "sdxl" else StableDiffusionLoraLoaderMixin
     extra = {"unet_config": other.unet.config} if family == "sdxl" else {}
     tensors, alphas = reader.lora_state_dict(str(path), **extra)[:2]
@@ -184,13 +184,13 @@ def test_diffusers_kohya_reader_agrees_with_our_unet(family, tmp_path):
 def test_alternative_names_readers_accept_bake_identically():
     """SD1.x LoRAs reach ComfyUI with original-layout UNet names and ``lora_te1_`` text names too."""
     lora = read_lora(lora_state_dict(adapted("sd15"), EVERYTHING))
-    components = build_random_components("sd15", tiny=True)
+    components = build_random_components("sd15", variant="tiny")
     diffusers_to_ldm = dict(zip(*_sd15_name_pairs(components)))
     renamed = LoraWeights({diffusers_to_ldm.get(name, name.replace("lora_te_", "lora_te1_")): module
                            for name, module in lora.modules.items()})
     assert sum(name.startswith("lora_unet_input_blocks_") for name in renamed.modules) > 10
     assert sum(name.startswith("lora_te1_text_model_") for name in renamed.modules) == 18
-    first, second = build_random_components("sd15", tiny=True), build_random_components("sd15", tiny=True)
+    first, second = build_random_components("sd15", variant="tiny"), build_random_components("sd15", variant="tiny")
     assert apply_lora(first, lora) == [] and apply_lora(second, renamed) == []
     assert all(torch.equal(a, b) for a, b in zip(all_weights(first).values(), all_weights(second).values()))
 
@@ -209,7 +209,7 @@ def _sd15_name_pairs(components):
 
 def test_strength_zero_changes_nothing_and_text_strength_is_separate():
     lora = read_lora(lora_state_dict(adapted("sd15"), EVERYTHING))
-    components = build_random_components("sd15", tiny=True)
+    components = build_random_components("sd15", variant="tiny")
     before = all_weights(components)
     apply_lora(components, lora, strength=0.0)
     assert all(torch.equal(before[k], v) for k, v in all_weights(components).items())
@@ -223,7 +223,7 @@ def test_half_strength_bakes_half_the_update():
     components = adapted("sd15", LoraSettings(rank=2, alpha=1.0, unet_targets=("conv",)))
     lora = read_lora(lora_state_dict(components, LoraSettings(rank=2, alpha=1.0, unet_targets=("conv",))))
     module = lora.modules["lora_unet_down_blocks_0_resnets_0_conv1"]
-    base = build_random_components("sd15", tiny=True, seed=7)
+    base = build_random_components("sd15", variant="tiny", seed=7)
     layer = base.unet.down_blocks[0].resnets[0].conv1
     original = layer.weight.clone()
     apply_lora(base, lora, strength=0.5)
@@ -241,7 +241,7 @@ def test_locon_round_trip_with_3x3_down_and_1x1_up(tmp_path):
     assert tuple(tensors["lora_unet_output_blocks_0_0_skip_connection.lora_down.weight"].shape) == (4, 128, 1, 1)
     assert tuple(tensors["lora_unet_input_blocks_3_0_op.lora_down.weight"].shape) == (4, 32, 3, 3)
     assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "4"}
-    base = build_random_components("sdxl", tiny=True, seed=7)
+    base = build_random_components("sdxl", variant="tiny", seed=7)
     assert apply_lora(base, read_lora(path)) == []
     assert relative_error(unet_output(base), unet_output(trained)) <= 1e-4
 
@@ -302,7 +302,7 @@ def test_save_refuses_other_suffix_and_missing_adapter(tmp_path):
 # ---- training-side behaviour -------------------------------------------------------------------
 
 def test_only_lora_parameters_train_and_init_is_seeded():
-    components = build_random_components("sdxl", tiny=True)
+    components = build_random_components("sdxl", variant="tiny")
     baseline = unet_output(components)
     params = add_lora(components, EVERYTHING, seed=5)
     trainable = [p for m in (components.unet, components.vae, *components.text_encoders)
@@ -312,9 +312,9 @@ def test_only_lora_parameters_train_and_init_is_seeded():
     downs, ups = params[0::2], params[1::2]
     assert all(p.abs().sum() == 0 for p in ups) and all(p.abs().sum() > 0 for p in downs)
     assert torch.equal(unet_output(components), baseline)  # up = 0: training starts at the base model
-    again = build_random_components("sdxl", tiny=True)
+    again = build_random_components("sdxl", variant="tiny")
     assert all(torch.equal(a, b) for a, b in zip(params, add_lora(again, EVERYTHING, seed=5)))
-    other = build_random_components("sdxl", tiny=True)
+    other = build_random_components("sdxl", variant="tiny")
     assert not torch.equal(params[0], add_lora(other, EVERYTHING, seed=6)[0])
 
 
@@ -340,7 +340,7 @@ def test_gradients_reach_every_used_lora_parameter_with_gradient_checkpointing()
 
 
 def test_adapters_are_float32_on_a_half_precision_model():
-    components = build_random_components("sd15", tiny=True)
+    components = build_random_components("sd15", variant="tiny")
     components.unet.half()
     params = add_lora(components, LoraSettings(rank=4, unet_targets=("attention", "conv")))
     assert {p.dtype for p in params} == {torch.float32}
@@ -362,7 +362,7 @@ def test_merge_bakes_the_adapter_and_remove_restores_the_base():
     assert relative_error(text_output(merged).context, expected_text) <= 1e-5
     removed = adapted("sd2")
     remove_lora(removed)
-    base = build_random_components("sd2", tiny=True, seed=7)
+    base = build_random_components("sd2", variant="tiny", seed=7)
     assert set(removed.unet.state_dict()) == set(base.unet.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(all_weights(removed).values(), all_weights(base).values()))
     add_lora(removed, LoraSettings(rank=2))  # a fresh adapter can follow
@@ -373,9 +373,9 @@ def test_merge_bakes_the_adapter_and_remove_restores_the_base():
 def test_apply_bakes_under_a_training_adapter():
     """Training on top of a merged LoRA: baking must reach the base weights inside peft's wrapper."""
     lora = read_lora(lora_state_dict(adapted("sd15"), EVERYTHING))
-    wrapped = build_random_components("sd15", tiny=True)
+    wrapped = build_random_components("sd15", variant="tiny")
     add_lora(wrapped, EVERYTHING)
-    plain = build_random_components("sd15", tiny=True)
+    plain = build_random_components("sd15", variant="tiny")
     assert apply_lora(wrapped, lora) == [] and apply_lora(plain, lora) == []
     remove_lora(wrapped)
     assert all(torch.equal(a, b) for a, b in zip(all_weights(wrapped).values(), all_weights(plain).values()))
@@ -397,7 +397,7 @@ def test_apply_bakes_under_a_training_adapter():
     (LoraSettings(dropout=1.0), "dropout must be at least 0 and below 1"),
 ])
 def test_bad_settings_are_refused_without_touching_the_model(settings, message):
-    components = build_random_components("sd15", tiny=True)
+    components = build_random_components("sd15", variant="tiny")
     with pytest.raises(BoothError, match=message):
         add_lora(components, settings)
     assert not has_lora(components)
@@ -412,7 +412,7 @@ def test_bad_settings_are_refused_without_touching_the_model(settings, message):
 def test_lora_for_another_family_is_refused_naming_both(lora_family, model_family, first_module):
     labels = {"sd15": "Stable Diffusion 1.x", "sdxl": "Stable Diffusion XL base"}
     tensors = lora_state_dict(adapted(lora_family), EVERYTHING)
-    model = build_random_components(model_family, tiny=True)
+    model = build_random_components(model_family, variant="tiny")
     before = all_weights(model)
     for metadata in ({"ss_base_model_version": "sd_v1" if lora_family == "sd15" else "sdxl_base_v1-0"}, {}):
         lora = read_lora(tensors, metadata=metadata)
@@ -429,10 +429,10 @@ def test_lora_matching_nothing_is_refused_and_partial_matches_are_reported():
     tensors = lora_state_dict(adapted("sd15"), EVERYTHING)
     first_level = {k: v for k, v in tensors.items() if k.startswith("lora_unet_down_blocks_0_attentions_")}
     with pytest.raises(BoothError, match=r"None of its 24 modules names a layer .*first: lora_unet_down_blocks_0_"):
-        apply_lora(build_random_components("sdxl", tiny=True), read_lora(first_level))  # SDXL's level 0 has none
+        apply_lora(build_random_components("sdxl", variant="tiny"), read_lora(first_level))  # SDXL's level 0 has none
     extra = dict(tensors, **{f"lora_unet_not_a_layer.{k.partition('.')[2]}": v for k, v in tensors.items()
                              if k.startswith("lora_unet_down_blocks_0_resnets_0_conv1.")})
-    assert apply_lora(build_random_components("sd15", tiny=True), read_lora(extra)) == ["lora_unet_not_a_layer"]
+    assert apply_lora(build_random_components("sd15", variant="tiny"), read_lora(extra)) == ["lora_unet_not_a_layer"]
 
 
 def test_read_lora_accepts_kohya_only_and_defaults_alpha_to_rank(tmp_path):

@@ -21,12 +21,12 @@ PROMPTS = ["a photo of sks dog", "a cat", "a red house"]
 
 @pytest.fixture(scope="module")
 def sd15():
-    return build_random_components("sd15", tiny=True)
+    return build_random_components("sd15", variant="tiny")
 
 
 @pytest.fixture(scope="module")
 def sdxl():
-    return build_random_components("sdxl", tiny=True)
+    return build_random_components("sdxl", variant="tiny")
 
 
 def test_images_are_bhwc_in_unit_range_at_native_resolution(sd15):
@@ -65,7 +65,7 @@ def test_different_seeds_prompts_and_guidance_give_different_images(sd15):
 
 
 def test_v_prediction_model_samples_with_v_prediction(sd15):
-    v_model = build_random_components("sd15", tiny=True, prediction_type="v_prediction")
+    v_model = build_random_components("sd15", variant="tiny", prediction_type="v_prediction")
     for name in ("ddim", "euler", "dpm++"):
         assert make_sampler(v_model, name).config.prediction_type == "v_prediction"
     settings = SampleSettings(steps=2, scheduler="dpm++")

@@ -313,10 +313,10 @@ def test_sdxl_kohya_lora_with_both_text_encoders_is_read_and_fits(tiny_checkpoin
     lora = read_lora_file(path)
     prefixes = {name.split("_text_model")[0] for name in lora.modules if name.startswith("lora_te")}
     assert prefixes == {"lora_te1", "lora_te2"}
-    fitted, left_out = lora_for_family(path, "sdxl", tiny=True)
+    fitted, left_out = lora_for_family(path, "sdxl", "tiny")
     assert left_out == [] and len(fitted.modules) == len(lora.modules)
     info = describe_lora(path)
-    assert (info["family"], info["tiny_test_model"]) == ("sdxl", True)
+    assert (info["family"], info["variant"]) == ("sdxl", "tiny")
     assert set(info["modules_per_part"]) == {"unet", "text_encoder", "text_encoder_2"}
 
 

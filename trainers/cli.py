@@ -54,7 +54,7 @@ def cmd_make_test_model(args: argparse.Namespace) -> int:
     from .checkpoint.test_models import make_test_checkpoint
     from .checkpoint.writer import parse_dtype
 
-    out = make_test_checkpoint(args.family, args.out, tiny=args.tiny, seed=args.seed, dtype=parse_dtype(args.dtype),
+    out = make_test_checkpoint(args.family, args.out, variant="tiny" if args.tiny else "full", seed=args.seed, dtype=parse_dtype(args.dtype),
                                prediction_type=args.prediction_type)
     print(f"wrote {out} ({format_size(out.stat().st_size)}): random weights, {args.family}"
           f"{' tiny' if args.tiny else ''}, seed {args.seed}")

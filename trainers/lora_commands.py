@@ -124,6 +124,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def print_lora_description(file: str, as_json: bool) -> int:
     """``inspect`` on a LoRA file."""
+    from .checkpoint.families import VARIANTS
     from .lora.toolbox import describe_lora
 
     info = describe_lora(file)
@@ -131,7 +132,7 @@ def print_lora_description(file: str, as_json: bool) -> int:
         print(json.dumps(info, indent=1))
         return 0
     print(f"{info['file']}\n  LoRA for:        {info['family_label']} ({info['family_source']})"
-          + (" - the tiny test architecture" if info["tiny_test_model"] else ""))
+          + (f" - the {VARIANTS[info['variant']]} architecture" if info["variant"] not in (None, "full") else ""))
     print(f"  layout:          {', '.join(info['layouts'])}")
     print(f"  modules:         {info['modules']} ({', '.join(f'{n} {p}' for p, n in info['modules_per_part'].items())})"
           + (f", {info['conv_modules']} convolutions" if info["conv_modules"] else "")

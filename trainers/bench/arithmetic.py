@@ -20,7 +20,7 @@ def checkpoint_architecture(path: str) -> dict:
     """The architecture config of a .safetensors checkpoint, read from its header (no weights loaded)."""
     header, metadata = read_safetensors_header(path)
     detected = detect(LazySafetensors(path, header), str(path), metadata)  # type: ignore[arg-type]
-    return architecture(detected.family, detected.tiny)
+    return architecture(detected.family, detected.variant)
 
 
 def unet_forward_flops(config: dict, resolution: int, batch: int) -> int:

@@ -46,7 +46,9 @@ FAMILIES: dict[str, FamilySpec] = {
                         TextEncoderSpec("conditioner.embedders.1.model.", "openclip", True, "!")),
                        "sdxl_base_v1-0", "stable-diffusion-xl-v1-base"),
 }
-VARIANTS = ("", "_tiny")
+# "full" is the real architecture; "tiny" the few-MB random-weight test model; "toy" the pre-trained model
+# of the toy world (trainers/toyworld), narrow enough to learn on a CPU. Each has a configs/ file.
+VARIANTS = {"full": "full size", "tiny": "tiny test model", "toy": "toy-world model"}
 
 
 def modelspec_architecture(family: str, prediction_type: str) -> str:
@@ -57,17 +59,31 @@ def modelspec_architecture(family: str, prediction_type: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def architecture(family: str, tiny: bool = False) -> dict:
+def architecture(family: str, variant: str = "full") -> dict:
     """The architecture config (unet, vae, text_encoders, scheduler, resolution) kept as data in the repo."""
     if family not in FAMILIES:
         raise BoothError(f"Unknown model family {family!r}; choose one of {', '.join(FAMILIES)}.")
-    return json.loads((CONFIG_DIR / f"{family}{'_tiny' if tiny else ''}.json").read_text())
+    if variant not in VARIANTS:
+        raise BoothError(f"Unknown model variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+    path = CONFIG_DIR / (f"{family}.json" if variant == "full" else f"{family}_{variant}.json")
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def family_variants(family: str) -> list[str]:
+    """The variants a family has a config for, full size first."""
+    return [variant for variant in VARIANTS if architecture(family, variant)]
+
+
+def unet_variant(family: str, block_out_channels: list[int]) -> str | None:
+    """The variant whose UNet has these widths (the UNet alone tells the variants apart), else None."""
+    return next((variant for variant in family_variants(family)
+                 if architecture(family, variant)["unet"]["block_out_channels"] == list(block_out_channels)), None)
 
 
 @dataclass(frozen=True)
 class Detected:
     family: str
-    tiny: bool
+    variant: str
     prediction_type: str | None  # None when the weights cannot tell
     has_ema: bool
 
@@ -77,7 +93,7 @@ class Detected:
 
     @property
     def config(self) -> dict:
-        return architecture(self.family, self.tiny)
+        return architecture(self.family, self.variant)
 
 
 def _has(keys: set[str], prefix: str) -> bool:
@@ -119,8 +135,8 @@ def _text_layers(keys: set[str], spec: TextEncoderSpec) -> int:
     return max(found) + 1 if found else 0
 
 
-def _matches(state_dict: dict[str, torch.Tensor], keys: set[str], family: str, tiny: bool) -> bool:
-    config = architecture(family, tiny)
+def _matches(state_dict: dict[str, torch.Tensor], keys: set[str], family: str, variant: str) -> bool:
+    config = architecture(family, variant)
     unet = config["unet"]
     if int(state_dict[UNET_PREFIX + "input_blocks.0.0.weight"].shape[0]) != unet["block_out_channels"][0]:
         return False
@@ -186,9 +202,9 @@ def detect(state_dict: dict[str, torch.Tensor], name: str = "The checkpoint",
         raise BoothError(f"{name} has a UNet with {conv_in.shape[1]} input channels; Booth supports 4-channel "
                          "SD 1.x, SD 2.x and SDXL base models.")
     family = _guess_family(keys, name)
-    for tiny in (False, True):
-        if _matches(state_dict, keys, family, tiny):
-            return Detected(family, tiny, guess_prediction_type(state_dict, family, metadata or {}),
+    for variant in family_variants(family):
+        if _matches(state_dict, keys, family, variant):
+            return Detected(family, variant, guess_prediction_type(state_dict, family, metadata or {}),
                             _has(keys, "model_ema."))
     raise BoothError(f"{name} looks like {FAMILIES[family].label} but its shapes match no supported variant "
                      f"(model channels {conv_in.shape[0]}, context dim {_cross_attention_dim(state_dict)}).")

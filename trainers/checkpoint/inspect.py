@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from ..errors import BoothError
 from ..files import load_tensors, read_safetensors_header
-from .families import FAMILIES, detect, guess_sd2_prediction_type
+from .families import FAMILIES, VARIANTS, detect, guess_sd2_prediction_type
 from .keymap import UNET_PREFIX, VAE_PREFIX
 
 _COMPONENT_PREFIXES = (("unet", UNET_PREFIX), ("vae", VAE_PREFIX), ("ema", "model_ema."),
@@ -71,6 +71,6 @@ def describe_checkpoint(path: str | os.PathLike) -> dict:
         parameters[_component(key)] = parameters.get(_component(key), 0) + count
         dtypes[dtype] = dtypes.get(dtype, 0) + 1
     return {"file": str(file), "family": detected.family, "family_label": FAMILIES[detected.family].label,
-            "variant": "tiny test model" if detected.tiny else "full size", "prediction_type": prediction,
+            "variant": VARIANTS[detected.variant], "prediction_type": prediction,
             "prediction_type_source": how, "has_ema": detected.has_ema, "tensors": len(shapes),
             "parameters": parameters, "dtypes": dtypes, "size_bytes": file.stat().st_size, "metadata": metadata}

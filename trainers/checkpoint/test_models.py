@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .components import SDComponents
-from .families import FAMILIES, architecture
+from .families import FAMILIES, VARIANTS, architecture
 from .modules import make_scheduler, make_text_encoder, make_unet, make_vae
 from .tokenizers import clip_tokenizer
 from .writer import save_checkpoint
@@ -34,10 +34,10 @@ def _original_extras(family: str, config: dict, generator: torch.Generator) -> d
     return extras
 
 
-def build_random_components(family: str, *, tiny: bool = False, seed: int = 0,
+def build_random_components(family: str, *, variant: str = "full", seed: int = 0,
                             prediction_type: str = "epsilon") -> SDComponents:
-    """Random-weight components of a family, the same for the same seed."""
-    config = architecture(family, tiny)
+    """Random-weight components of a family variant, the same for the same seed."""
+    config = architecture(family, variant)
     torch.manual_seed(seed)
     unet = make_unet(config["unet"])
     vae = make_vae(config["vae"])
@@ -52,9 +52,9 @@ def build_random_components(family: str, *, tiny: bool = False, seed: int = 0,
                         _original_extras(family, config, generator))
 
 
-def make_test_checkpoint(family: str, out: str | os.PathLike, *, tiny: bool = False, seed: int = 0,
+def make_test_checkpoint(family: str, out: str | os.PathLike, *, variant: str = "full", seed: int = 0,
                          dtype: torch.dtype | None = None, prediction_type: str = "epsilon") -> Path:
     """Write a random-weight single-file checkpoint of ``family`` to ``out``."""
-    components = build_random_components(family, tiny=tiny, seed=seed, prediction_type=prediction_type)
+    components = build_random_components(family, variant=variant, seed=seed, prediction_type=prediction_type)
     return save_checkpoint(components, out, dtype=dtype,
-                           metadata={"booth.test_model": f"random weights, seed {seed}{', tiny' if tiny else ''}"})
+                           metadata={"booth.test_model": f"random weights, seed {seed}, {VARIANTS[variant]}"})

@@ -10,7 +10,7 @@ import torch
 from ..files import save_tensors
 from . import keymap
 from .components import SDComponents
-from .families import FAMILIES, architecture, modelspec_architecture
+from .families import FAMILIES, architecture, modelspec_architecture, unet_variant
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -27,10 +27,9 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
 
 
 def _config_of(components: SDComponents) -> dict:
-    for tiny in (False, True):
-        config = architecture(components.family, tiny)
-        if config["unet"]["block_out_channels"] == list(components.unet.config.block_out_channels):
-            return config
+    variant = unet_variant(components.family, components.unet.config.block_out_channels)
+    if variant is not None:
+        return architecture(components.family, variant)
     return {"unet": dict(components.unet.config), "vae": dict(components.vae.config)}
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..checkpoint.components import SDComponents
-from ..checkpoint.families import FAMILIES, architecture
+from ..checkpoint.families import FAMILIES, architecture, family_variants
 from ..checkpoint.keymap import unet_key_map
 from ..checkpoint.modules import make_text_encoder, make_unet
 from ..errors import BoothError
@@ -110,44 +110,45 @@ def _match(lora: LoraFile, layers: dict[str, Target], holders: dict[str, Target]
 
 
 @functools.lru_cache(maxsize=None)
-def skeleton(family: str, tiny: bool = False) -> SDComponents:
+def skeleton(family: str, variant: str = "full") -> SDComponents:
     """A family's UNet and text encoders on the meta device: names and shapes, no weights (~1 s)."""
-    config = architecture(family, tiny)
+    config = architecture(family, variant)
     encoders = [make_text_encoder(text, spec.with_projection, empty=True)
                 for spec, text in zip(FAMILIES[family].text_encoders, config["text_encoders"])]
     return SDComponents(family, "epsilon", make_unet(config["unet"], empty=True), None, encoders, [], None)
 
 
 @functools.lru_cache(maxsize=None)
-def _skeleton_index(family: str, tiny: bool, every_module: bool) -> dict[str, Target]:
-    return _index(skeleton(family, tiny), every_module)
+def _skeleton_index(family: str, variant: str, every_module: bool) -> dict[str, Target]:
+    return _index(skeleton(family, variant), every_module)
 
 
-def match_architecture(lora: LoraFile, family: str, tiny: bool = False) -> Fit:
+def match_architecture(lora: LoraFile, family: str, variant: str = "full") -> Fit:
     """:func:`match` against a family's architecture, without weights."""
-    return _match(lora, _skeleton_index(family, tiny, False), _skeleton_index(family, tiny, True) if lora.diffs else {})
+    return _match(lora, _skeleton_index(family, variant, False),
+                  _skeleton_index(family, variant, True) if lora.diffs else {})
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """The architecture a LoRA fits: family, the tiny test variant or not, and how it lines up."""
+    """The architecture a LoRA fits: family, variant (full, tiny test, toy world) and how it lines up."""
 
     family: str
-    tiny: bool
+    variant: str
     fit: Fit
 
 
 def find_architecture(lora: LoraFile) -> Architecture | None:
     """The architecture every module of ``lora`` fits (the family its metadata names first, full size
-    before the tiny test variant), else the one most of it fits without a shape misfit, else None."""
+    before the smaller variants), else the one most of it fits without a shape misfit, else None."""
     named = lora.lora.family
     families = [named, *(f for f in FAMILIES if f != named)] if named else list(FAMILIES)
     best: Architecture | None = None
     for family in families:
-        for tiny in (False, True):
-            fit = match_architecture(lora, family, tiny)
+        for variant in family_variants(family):
+            fit = match_architecture(lora, family, variant)
             if fit.misfit is None and fit.matched and (best is None or fit.matched > best.fit.matched):
-                best = Architecture(family, tiny, fit)
+                best = Architecture(family, variant, fit)
             if best is not None and not best.fit.unmatched:
                 return best
     return best
@@ -174,7 +175,7 @@ def listed(names: list[str]) -> str:
 def refuse_misfit(lora: LoraFile, model_family: str, detail: str) -> BoothError:
     own = FAMILIES[model_family].label
     theirs = lora_family(lora)
-    what = (f"a {own} of another size (such as a tiny test model)" if theirs == model_family
+    what = (f"a {own} of another size (such as a tiny test or toy-world model)" if theirs == model_family
             else family_label(theirs))
     return BoothError(f"{lora.name} does not fit this model: it is a LoRA for {what}, the model is {own}. {detail} "
                       f"Choose a LoRA made for {own}.")
@@ -186,9 +187,9 @@ def check_fit(lora: LoraFile, components: SDComponents, *, skip_unknown: bool = 
     return checked(lora, match(lora, components), components.family, skip_unknown)
 
 
-def check_architecture(lora: LoraFile, family: str, tiny: bool = False, *, skip_unknown: bool = False) -> Fit:
+def check_architecture(lora: LoraFile, family: str, variant: str = "full", *, skip_unknown: bool = False) -> Fit:
     """:func:`check_fit` against a family's architecture, for models Booth has not loaded (ComfyUI's)."""
-    return checked(lora, match_architecture(lora, family, tiny), family, skip_unknown)
+    return checked(lora, match_architecture(lora, family, variant), family, skip_unknown)
 
 
 def checked(lora: LoraFile, fit: Fit, family: str, skip_unknown: bool) -> Fit:

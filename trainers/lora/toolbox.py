@@ -176,13 +176,13 @@ def fitted_lora(lora: LoraFile, fit: Fit) -> LoraFile:
     return LoraFile(LoraWeights(modules, lora.metadata, lora.name), diffs, lora.layouts, [])
 
 
-def lora_for_family(source: str | os.PathLike | LoraFile, family: str, tiny: bool = False, *,
+def lora_for_family(source: str | os.PathLike | LoraFile, family: str, variant: str = "full", *,
                     skip_unknown: bool = False) -> tuple[LoraFile, list[str]]:
     """A LoRA checked against a family's architecture (no weights needed) and reduced to what fits it,
     in the kohya layout: for handing to another program's loader (ComfyUI's) after Booth's checks.
     Returns it and the keys or modules left out (empty unless ``skip_unknown``)."""
     lora = source if isinstance(source, LoraFile) else read_lora_file(source)
-    fit = check_architecture(lora, family, tiny, skip_unknown=skip_unknown)
+    fit = check_architecture(lora, family, variant, skip_unknown=skip_unknown)
     return fitted_lora(lora, fit), lora.unknown + fit.unmatched
 
 
@@ -215,7 +215,7 @@ def _common_family(loras: list[LoraFile], found: list[Architecture | None]) -> A
     anchor, arch = first
     for lora, other in zip(loras, found):
         if other is not None and other.family != arch.family:
-            fit = match_architecture(lora, arch.family, arch.tiny)
+            fit = match_architecture(lora, arch.family, arch.variant)
             detail = fit.misfit or (f"{fit.unmatched[0]} names no layer of it" if fit.unmatched else "")
             raise BoothError(f"Cannot combine {lora.name} (a LoRA for {family_label(other.family)}) with "
                              f"{anchor.name} (a LoRA for {family_label(arch.family)}). First mismatching module: "
@@ -487,7 +487,7 @@ def describe_lora(path: str | os.PathLike) -> dict:
     unmatched = found.fit.unmatched if found and found.family == family else []
     return {
         "file": str(file), "family": family, "family_label": family_label(family), "family_source": how,
-        "tiny_test_model": bool(found and found.family == family and found.tiny), "layouts": list(lora.layouts),
+        "variant": found.variant if found and found.family == family else None, "layouts": list(lora.layouts),
         "modules": len(lora.modules), "modules_per_part": per_part, "ranks": dict(sorted(ranks.items())),
         "alphas": alphas,
         "conv_modules": sum(m.down.ndim == 4 and tuple(m.weight_shape[2:]) != (1, 1) for m in lora.modules.values()),
