@@ -12,6 +12,7 @@ from .errors import BoothError
 from .evaluate.commands import add_commands as add_evaluate_commands
 from .formatting import format_size
 from .lora_commands import add_commands as add_lora_commands
+from .toyworld.commands import add_commands as add_toyworld_commands
 
 FAMILY_CHOICES = ("sd15", "sd2", "sdxl")
 DTYPE_CHOICES = ("fp16", "bf16", "fp32")
@@ -54,8 +55,8 @@ def cmd_make_test_model(args: argparse.Namespace) -> int:
     from .checkpoint.test_models import make_test_checkpoint
     from .checkpoint.writer import parse_dtype
 
-    out = make_test_checkpoint(args.family, args.out, variant="tiny" if args.tiny else "full", seed=args.seed, dtype=parse_dtype(args.dtype),
-                               prediction_type=args.prediction_type)
+    out = make_test_checkpoint(args.family, args.out, variant="tiny" if args.tiny else "full", seed=args.seed,
+                               dtype=parse_dtype(args.dtype), prediction_type=args.prediction_type)
     print(f"wrote {out} ({format_size(out.stat().st_size)}): random weights, {args.family}"
           f"{' tiny' if args.tiny else ''}, seed {args.seed}")
     return 0
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.set_defaults(run=cmd_make_test_model)
     _add_train_parser(verbs)
-    for add_commands in (add_lora_commands, add_evaluate_commands, add_bench_commands):
+    for add_commands in (add_lora_commands, add_evaluate_commands, add_bench_commands, add_toyworld_commands):
         add_commands(verbs)
     return parser
 

@@ -55,6 +55,22 @@ def mean_similarity(embeddings: torch.Tensor, references: torch.Tensor) -> torch
     return (embeddings @ references.T).mean(dim=1)
 
 
+def paired_drift(embeddings: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """Per row: 1 - cosine similarity to the same row of ``before`` (the same prompt and seed from the base
+    model). How far fine-tuning moved what the model draws for a prompt: the DreamBooth paper's class-prior
+    concern, measured image by image (0: unchanged)."""
+    return 1 - (embeddings * before).sum(dim=-1)
+
+
+def diversity(embeddings: torch.Tensor) -> float:
+    """Mean cosine distance between every two rows (unit length): how varied a set of pictures is."""
+    count = embeddings.shape[0]
+    if count < 2:
+        raise BoothError("Diversity needs at least two images.")
+    similarity = embeddings @ embeddings.T
+    return float((count * count - similarity.sum()) / (count * (count - 1)))
+
+
 @dataclass(frozen=True)
 class Summary:
     """Mean and sample standard deviation (0 for one value) of the finite values."""
