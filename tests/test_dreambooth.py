@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from trainers.checkpoint.conditioning import encode_prompts, predict_noise
 from trainers.checkpoint.loader import load_components
 from trainers.config import TrainConfig, apply_overrides
-from trainers.demo import draw_subject_images
+from drawn_images import draw_subject_images
 from trainers.errors import BoothError
 from trainers.files import load_tensors
 from trainers.train import train

@@ -49,7 +49,7 @@ def clip(judge_dir):
 
 @pytest.fixture(scope="module")
 def subject_images(tmp_path_factory) -> Path:
-    from trainers.demo import draw_subject_images
+    from drawn_images import draw_subject_images
 
     folder = tmp_path_factory.mktemp("subject")
     draw_subject_images(folder, count=3, size=64)

@@ -13,7 +13,8 @@ from PIL import Image
 from trainers.checkpoint.conditioning import encode_prompts, predict_noise
 from trainers.checkpoint.loader import load_components
 from trainers.config import TrainConfig, apply_overrides, config_from_dict
-from trainers.demo import draw_subject_images, run_demo
+from drawn_images import draw_subject_images
+from trainers.demo import run_demo
 from trainers.errors import BoothError
 from trainers.evaluate.config import load_compare_config
 from trainers.files import load_tensors
@@ -157,7 +158,7 @@ def test_an_fp16_checkpoint_trains_after_class_images_and_between_previews(work,
     (under inference mode) before and between training steps must not break the steps."""
     from trainers.checkpoint.test_models import make_test_checkpoint
 
-    base = make_test_checkpoint("sd15", tmp_path / "tiny_fp16.safetensors", tiny=True, seed=0, dtype=torch.float16)
+    base = make_test_checkpoint("sd15", tmp_path / "tiny_fp16.safetensors", variant="tiny", seed=0, dtype=torch.float16)
     result = train(config_for(work, "fp16", base, "method=dreambooth_lora", "steps=2", "sample.every=1",
                               "sample.steps=2", f"cache_dir={tmp_path / 'cache'}"))
     assert result.steps == 2 and all(torch.isfinite(torch.tensor(result.losses)))

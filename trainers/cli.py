@@ -163,9 +163,9 @@ def _add_train_parser(verbs) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(run=cmd_train, method_given=False)
 
-    p = verbs.add_parser("demo", help="the whole pipeline on a tiny random model and synthetic images (offline)")
+    p = verbs.add_parser("demo", help="teach the shipped toy-world model a new subject and compare (offline)")
     p.add_argument("--out-dir", default="outputs/demo")
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=200)
     p.set_defaults(run=cmd_demo)
 
 

@@ -23,7 +23,7 @@ from ..progress import Progress
 from . import TOY_CHECKPOINT
 from .subject import INSTANCE_PROMPT, write_instance_images
 
-STEPS = 150
+STEPS = 200
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class StudyRun:
 
 # Learning rates for the toy model: its weights are ~100x fewer than SD's, so the rates are higher than a
 # real checkpoint's defaults (1e-4 LoRA, 2e-6 DreamBooth); the sweep shows where each method breaks.
-TOY_LEARNING_RATES = {"lora": 1e-3, "dreambooth_lora": 1e-3, "dreambooth": 5e-5}
+TOY_LEARNING_RATES = {"lora": 3e-3, "dreambooth_lora": 3e-3, "dreambooth": 1e-4}
 
 
 def study_runs() -> list[StudyRun]:
@@ -50,11 +50,11 @@ def study_runs() -> list[StudyRun]:
                StudyRun("dreambooth_no_prior", "dreambooth", "methods", prior=False),
                StudyRun("dreambooth_lora", "dreambooth_lora", "methods"),
                StudyRun("dreambooth_lora_no_prior", "dreambooth_lora", "methods", prior=False)]
-    steps = [StudyRun(f"dreambooth_lora_{n}_steps", "dreambooth_lora", "train_steps", steps=n) for n in (40, 80, 300)]
+    steps = [StudyRun(f"dreambooth_lora_{n}_steps", "dreambooth_lora", "train_steps", steps=n) for n in (50, 100, 400)]
     rates = [StudyRun(f"dreambooth_lora_lr_{lr:g}", "dreambooth_lora", "learning_rate", learning_rate=lr)
-             for lr in (1e-4, 3e-4, 3e-3)]
+             for lr in (1e-3, 1e-2)]
     text = [StudyRun(f"dreambooth_text_encoder_{n}", "dreambooth", "text_encoder_steps", text_encoder_steps=n)
-            for n in (50, STEPS)]
+            for n in (50, STEPS)]  # frozen is the methods table's dreambooth run
     return methods + steps + rates + text
 
 
