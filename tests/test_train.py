@@ -323,19 +323,21 @@ def test_demo_writes_everything_it_promises(tmp_path):
 
     summary = run_demo(tmp_path / "demo", steps=4)
     assert json.loads((tmp_path / "demo" / "summary.json").read_text()) == summary
-    assert "random weights" in summary["note"] and summary["steps"] == 4 and summary["class_images_generated"] == 6
+    assert "toy world" in summary["note"] and summary["steps"] == 4 and summary["class_images_generated"] == 10
     for key in ("lora_file", "loss_plot", "comparison_grid"):
         assert Path(summary[key]).stat().st_size > 0, key
     assert summary["lora_bytes"] == Path(summary["lora_file"]).stat().st_size < summary["base_checkpoint_bytes"]
     assert summary["mean_abs_pixel_change_base_vs_lora"] > 0 and summary["cpu_threads"] == 1
-    assert len(list((tmp_path / "demo" / "images").glob("*.png"))) == 6
+    assert len(list((tmp_path / "demo" / "images").glob("*.png"))) == 5
+    assert set(summary["scores"]) == {"base", "sks_heart_lora @ 0.5", "sks_heart_lora @ 1"}
 
     report = Path(summary["compare_report"]).read_text(encoding="utf-8")  # base vs LoRA at 0.5 and 1, scored
-    assert report.count("data:image/png;base64,") >= 3 and "sks_star_lora @ 0.5" in report
+    assert report.count("data:image/png;base64,") >= 3 and "sks_heart_lora @ 0.5" in report
     with open(Path(summary["compare_report"]).with_name("summary.csv"), encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["lora_strength"] for row in rows] == ["", "0.5", "1.0"]
-    assert all(0 <= float(row["clip_t_mean"]) <= 100 and row["dino_mean"] for row in rows)
+    assert all(0 <= float(row["clip_t_mean"]) <= 100 and -1 <= float(row["clip_i_mean"]) <= 1 for row in rows)
+    assert "dino_mean" not in rows[0]  # the toy world has no DINO judge
     assert rows[1]["training_method"] == "dreambooth_lora" and rows[1]["training_steps"] in ("4", "4.0")
     again = load_compare_config(summary["compare_config"])  # the CLI can rerun the comparison from this file
     assert again.variants[0].lora == summary["lora_file"] and Path(again.clip_model).is_dir()

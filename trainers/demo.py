@@ -110,6 +110,7 @@ def _run_demo(out: Path, steps: int, progress: Progress) -> dict:
         "class_images_generated": result.class_images_generated,
         "mean_loss_first_10": sum(losses[:window]) / window,
         "mean_loss_last_10": sum(losses[-window:]) / window,
+        "mean_abs_pixel_change_base_vs_lora": float((tuned_images - base_images).abs().mean()),
         "scores": comparison["scores"],
         "loss_plot": str(Path(result.config.output_dir) / "loss.png"),
         "comparison_grid": str(grid),

@@ -155,7 +155,8 @@ def _cell(key: str, value) -> str:
     if key in ("peak_memory_bytes", "file_bytes"):
         return format_size(int(value))
     if isinstance(value, float):
-        return f"{value:.1f}" if key in ("clip_t", "training_seconds") else f"{value:.3f}"
+        digits = 1 if key in ("clip_t", "training_seconds") else 3
+        return f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.000" for a rounding-size negative
     return str(value)
 
 
