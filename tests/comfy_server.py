@@ -178,14 +178,17 @@ class ComfyServer:
     def __init__(self, comfyui: Path, python: str, base: Path):
         self.comfyui, self.python, self.base = comfyui, python, base
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "comfyui.log"
         self.process: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         self.ws: WebSocket | None = None
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self, timeout: float = 180) -> None:
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                  "--base-directory", str(self.base), "--disable-auto-launch", "--preview-method", "none"],
@@ -213,6 +216,13 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def restart(self) -> None:
+        """A new server process on the same folders (models, outputs and settings stay): what the old
+        one held, memory included, goes back to the system."""
+        self.stop()
+        self.port = free_port()
+        self.start()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

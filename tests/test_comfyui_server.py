@@ -4,7 +4,7 @@ The pack is installed into a temporary custom_nodes folder, the example workflow
 from the front end's format to API prompts with /object_info and queued on /prompt, and the
 websocket is read for Booth's live-view events. Skipped unless COMFYUI_PATH names a ComfyUI
 checkout. ComfyUI only loads real architectures, so the model is the full-size SD1.5 with random
-weights, at 64 px and with one or two steps everywhere: about 20 minutes on 2 busy CPU cores.
+weights, at 64 px and with one or two steps everywhere: about 6 minutes on one busy CPU core.
 """
 
 from __future__ import annotations
@@ -19,20 +19,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from comfy_checkout import COMFYUI, IS_CHECKOUT, SKIP_REASON, comfy_python
 from comfy_server import ComfyServer, workflow_to_prompt
-from test_comfyui import comfy_python
 from trainers.files import read_safetensors_header
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "example_workflows"
-COMFYUI = Path(os.environ["COMFYUI_PATH"]).expanduser() if os.environ.get("COMFYUI_PATH") else None
-IS_CHECKOUT = COMFYUI is not None and (COMFYUI / "main.py").is_file() and (COMFYUI / "comfy" / "sd.py").is_file()
 
-pytestmark = [
-    pytest.mark.comfyui,
-    pytest.mark.slow,
-    pytest.mark.skipif(not IS_CHECKOUT, reason="set COMFYUI_PATH to a ComfyUI checkout to run these tests"),
-]
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow, pytest.mark.skipif(not IS_CHECKOUT, reason=SKIP_REASON)]
 
 PACK = "booth"  # the folder name inside custom_nodes
 CHECKPOINT = "sd15_random.safetensors"
@@ -50,8 +44,8 @@ SMALL = {
     "KSampler": {"steps": 1},
 }
 # A full fine-tune of the full-size SD1.5 on the CPU: fp32 weights, gradients and Adam state of the UNet
-# (~14 GB) beside the model ComfyUI holds.
-FULL_DREAMBOOTH_MEMORY = 20 * 2**30
+# (~14 GB) beside the model ComfyUI holds. Measured: a fresh server grew by 17.0 GiB in this workflow.
+FULL_DREAMBOOTH_MEMORY = 18 * 2**30
 RUN_TIMEOUT = 1800  # the LoRA template took ~9 minutes on 2 CPU cores shared with other jobs
 # The pack's nodes the node search must offer (the test also checks any others it registers).
 BOOTH_NODES = {"BoothLoadInstanceImages", "BoothTrainLoRA", "BoothTrainDreamBooth", "BoothMergeLoRA",
@@ -148,7 +142,8 @@ def check_live_view(run, node_id: str, lora_file: str, sample_steps: list[int]) 
 
 def test_pack_loads_fast_with_native_nodes_templates_and_web_extension(server, object_info):
     log = server.log()
-    assert "IMPORT FAILED" not in log and "Cannot import" not in log
+    pack_lines = [line for line in log.splitlines() if re.search(r"custom_nodes[/\\]" + PACK + r"\b", line)]
+    assert not [line for line in pack_lines if "IMPORT FAILED" in line or "Cannot import" in line], pack_lines
     seconds = re.search(r"([\d.]+) seconds: \S*custom_nodes[/\\]" + PACK + r"\s*$", log, re.MULTILINE)
     assert seconds and float(seconds.group(1)) < 1.0, log[-3000:]  # diffusers alone would take seconds
 
@@ -226,6 +221,7 @@ def test_dreambooth_lora_workflow_generates_class_images_and_trains_with_prior(s
 
 
 def test_full_dreambooth_workflow_saves_a_checkpoint_that_load_checkpoint_reads(server, object_info):
+    server.restart()  # the memory the earlier runs left in the server process is needed here
     free = available_memory()
     if free is not None and free < FULL_DREAMBOOTH_MEMORY:
         pytest.skip(f"a full DreamBooth of the full-size SD1.5 needs ~{FULL_DREAMBOOTH_MEMORY >> 30} GB of free "
