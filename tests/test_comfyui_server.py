@@ -21,7 +21,7 @@ from PIL import Image
 
 from comfy_checkout import COMFYUI, IS_CHECKOUT, SKIP_REASON, comfy_python
 from comfy_server import ComfyServer, workflow_to_prompt
-from trainers.files import read_safetensors_header
+from trainers.files import load_tensors, read_safetensors_header
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "example_workflows"
@@ -200,6 +200,35 @@ def test_lora_workflow_trains_generates_and_the_standard_lora_loader_reads_the_l
     assert "lora key not loaded" not in server.log()[log_before:]
     [image] = saved_images(server, again, "45")
     assert image.is_file() and Image.open(image).size == (64, 64)
+
+
+CANCEL_STEPS = 4
+
+
+def test_cancel_stops_training_after_the_step_in_progress_and_saves_the_steps_done(server, object_info):
+    """The Cancel button (POST /interrupt) pressed once the first step is reported: the prompt ends as
+    interrupted in the training node, whose LoRA file holds the steps done, complete, beside a
+    resumable state; nothing after the node runs."""
+    prompt = small_prompt(load_workflow("booth_lora_train_and_generate.json"), object_info)
+    prompt["10"]["inputs"].update(steps=CANCEL_STEPS, lora_name="booth_cancelled_lora", sample_every=0)
+
+    def cancel_after_the_first_step(event: dict) -> None:
+        if event["type"] == "booth.progress" and event["data"]["event"] == "step" and event["data"]["step"] == 1:
+            server.post("/interrupt", {})
+
+    run = server.run(prompt, RUN_TIMEOUT, on_event=cancel_after_the_first_step)
+    assert run.outcome == "execution_interrupted", run.events[-1]
+    [interrupted] = run.of_type("execution_interrupted")
+    assert interrupted["node_type"] == "BoothTrainLoRA"
+    steps = [event["step"] for event in booth_progress(run, "10") if event["event"] == "step"]
+    assert steps[0] == 1 and len(steps) < CANCEL_STEPS  # the step running when Cancel came was the last
+
+    lora = server.base / "models" / "loras" / "booth_cancelled_lora.safetensors"
+    tensors, metadata = load_tensors(lora)
+    assert tensors and (metadata["booth.steps"], metadata["ss_max_train_steps"]) == (str(len(steps)),
+                                                                                     str(CANCEL_STEPS))
+    assert (server.base / "output" / "booth" / lora.stem / "state.pt").is_file()
+    assert [str(data["node"]) for data in run.of_type("executing") if data["node"] is not None][-1] == "10"
 
 
 def test_dreambooth_lora_workflow_generates_class_images_and_trains_with_prior(server, object_info):
