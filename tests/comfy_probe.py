@@ -306,14 +306,12 @@ def _lora_file_report(path: Path) -> dict:
 def _run_trainer(trainer, graph: dict, widgets: dict, hook: _ProgressHook) -> tuple[dict, dict | None]:
     """Run the training node as the executor does (inference mode, node id given, hook installed);
     return what happened and the node's output (None if it raised)."""
-    import time
     import torch
     import comfy.model_management
     import comfy.utils
 
     before = _live_tensor_bytes()
     comfy.utils.set_progress_bar_global_hook(hook)
-    started = time.perf_counter()
     output, error = None, None
     try:
         with captured(LORA_MESSAGES, logging.WARNING) as lora_log, torch.inference_mode():
@@ -322,7 +320,7 @@ def _run_trainer(trainer, graph: dict, widgets: dict, hook: _ProgressHook) -> tu
         error = raised  # kept while memory is measured, as ComfyUI keeps it for its report
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
-    report = {"seconds": time.perf_counter() - started, "hook_calls": hook.calls, "lora_log": lora_log,
+    report = {"hook_calls": hook.calls, "lora_log": lora_log,
               "error_type": type(error).__name__ if error else None, "error": str(error) if error else None,
               "interrupted_flag_after": comfy.model_management.processing_interrupted(),
               "live_tensor_bytes_before": before, "live_tensor_bytes_after": _live_tensor_bytes()}

@@ -314,7 +314,7 @@ def test_train_node_refuses_an_existing_lora_name_without_overwrite(lora_trained
     assert again["error_type"] == "BoothError"
     assert again["error"].startswith(f"lora_name: {LORA_NAME}.safetensors already exists")
     assert "overwrite" in again["error"]
-    assert again["seconds"] < 5 and again["hook_calls"] == []  # refused before any loading or training
+    assert again["hook_calls"] == []  # refused before any training step
     assert again["file"]["sha256"] == report["train"]["file"]["sha256"]
 
 
