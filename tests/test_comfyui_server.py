@@ -363,10 +363,9 @@ LORA_LOADER_RUN = """(async () => {%(queue)s
 UNUSUAL_LOG_LINES = re.compile(r"lora key not loaded|NOT LOADED|Traceback|\bERROR\b|\bWARNING\b|Exception")
 
 
-def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_uses_the_lora(server, tmp_path):
-    """The real front end in headless Chromium, as a new user goes: template (a) loaded as the
-    template browser does, queued from the page, the live loss curve drawn from the steps the page
-    received; then the note's "later" group queued, the new LoRA read by the standard Load LoRA."""
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    """The real front end in one headless Chromium, loaded once Booth's extension has registered."""
     import urllib.request
 
     from browser import Browser, find_chromium
@@ -377,6 +376,56 @@ def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_u
     skip_tour = urllib.request.Request(f"{server.url}/settings", data=json.dumps({"Comfy.TutorialCompleted": True})
                                        .encode(), headers={"Content-Type": "application/json"})
     urllib.request.urlopen(skip_tour, timeout=30).close()
+    with Browser(chromium, tmp_path_factory.mktemp("chromium")) as browser:
+        browser.call("Page.navigate", {"url": server.url})
+        browser.wait_for("window.app?.graph && app.extensions?.some((e) => e.name === 'booth.training_view')", 180)
+        yield browser
+
+
+def booth_errors(page) -> list[dict]:
+    """The page's uncaught exceptions and console errors that come from Booth's extension."""
+    return [error for error in page.errors if f"/extensions/{PACK}/" in error["url"] + error["text"]]
+
+
+# The live view fed what a hostile or broken server could send: markup in a message, and sample
+# "images" that are not image data URLs. A 1x1 PNG is the one valid sample.
+PNG_1PX = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5E"
+           "rkJggg==")
+HOSTILE_VIEW = """(async () => {
+  const response = await fetch("/api/workflow_templates/%(pack)s/booth_lora_train_and_generate.json");
+  await app.loadGraphData(await response.json(), true, true, "booth_lora_train_and_generate");
+  const api = window.comfyAPI.api.api;
+  const view = app.graph.getNodeById(10).boothLiveView;
+  const send = (detail) => api.dispatchEvent(new CustomEvent("booth.progress", { detail: { node: "10", ...detail } }));
+  send({ event: "start", total: 2 });
+  send({ event: "message", text: %(markup)s });
+  const status = { text: view.status.textContent, elements: view.status.childElementCount };
+  send({ event: "sample", step: 1, image: %(png)s });
+  const accepted = view.sample.getAttribute("src");
+  for (const image of %(refused)s) send({ event: "sample", step: 2, image });
+  return { status, accepted, kept: view.sample.getAttribute("src"), caption: view.caption.textContent,
+           images: view.sample.parentElement.querySelectorAll("img").length, injected: window.boothInjected ?? null };
+})()"""
+
+
+def test_live_view_shows_server_text_as_text_and_only_image_data_urls(server, page):
+    """What reaches the page in "booth.progress" events is never parsed as HTML: a message is shown
+    as its literal text, and only JPEG or PNG data URLs become the sample image."""
+    markup = '<img src=x onerror="window.boothInjected = 1"><b>bold</b>'
+    refused = ["javascript:window.boothInjected = 2", f"{server.url}/x.png", "data:text/html;base64,PHNjcmlwdD4=",
+               "data:image/svg+xml,<svg xmlns='http://www.w3.org/2000/svg' onload='window.boothInjected = 3'/>"]
+    shown = page.evaluate(HOSTILE_VIEW % {"pack": PACK, "markup": json.dumps(markup), "png": json.dumps(PNG_1PX),
+                                          "refused": json.dumps(refused)})
+    assert shown["status"] == {"text": markup, "elements": 0}, shown
+    assert shown["accepted"] == PNG_1PX and shown["kept"] == PNG_1PX, shown
+    assert shown["caption"] == "sample at step 1" and shown["images"] == 1 and shown["injected"] is None, shown
+    assert not booth_errors(page), booth_errors(page)
+
+
+def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_uses_the_lora(server, page):
+    """The real front end in headless Chromium, as a new user goes: template (a) loaded as the
+    template browser does, queued from the page, the live loss curve drawn from the steps the page
+    received; then the note's "later" group queued, the new LoRA read by the standard Load LoRA."""
     template = "booth_lora_train_and_generate"
     lora = "booth_browser_lora"  # its own file: the other tests' LoRA may already exist on this server
     small = {node: dict(values) for node, values in SMALL.items()}
@@ -387,16 +436,12 @@ def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_u
     modes = {node["id"]: node.get("mode", 0) for node in later["nodes"]}
     artifacts = Path(os.environ.get("BOOTH_TEST_ARTIFACTS", REPO / "test-artifacts"))
     log_before = len(server.log())
-    with Browser(chromium, tmp_path / "chromium") as page:
-        page.call("Page.navigate", {"url": server.url})
-        page.wait_for("window.app?.graph && app.extensions?.some((e) => e.name === 'booth.training_view')", 180)
-        trained = page.evaluate(LIVE_VIEW_RUN % {"queue": QUEUE_AND_WAIT, "pack": PACK, "template": template,
-                                                 "node": 10, "small": json.dumps(small)}, timeout=RUN_TIMEOUT)
-        screenshot = page.screenshot(artifacts / "lora_template_in_comfyui.png")
-        generated = page.evaluate(LORA_LOADER_RUN % {"queue": QUEUE_AND_WAIT, "modes": json.dumps(modes),
-                                                     "saver": 45}, timeout=RUN_TIMEOUT)
-        page.screenshot(artifacts / "lora_loader_image_in_comfyui.png")
-        booth_errors = [error for error in page.errors if f"/extensions/{PACK}/" in error["url"] + error["text"]]
+    trained = page.evaluate(LIVE_VIEW_RUN % {"queue": QUEUE_AND_WAIT, "pack": PACK, "template": template,
+                                             "node": 10, "small": json.dumps(small)}, timeout=RUN_TIMEOUT)
+    screenshot = page.screenshot(artifacts / "lora_template_in_comfyui.png")
+    generated = page.evaluate(LORA_LOADER_RUN % {"queue": QUEUE_AND_WAIT, "modes": json.dumps(modes),
+                                                 "saver": 45}, timeout=RUN_TIMEOUT)
+    page.screenshot(artifacts / "lora_loader_image_in_comfyui.png")
 
     assert trained["outcome"] == "execution_success", trained["error"]
     assert trained["type"] == "BoothTrainLoRA" and trained["shown"], trained
@@ -407,6 +452,6 @@ def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_u
     assert Image.open(screenshot).size == (1600, 1000)
     assert generated["outcome"] == "execution_success", generated["error"]
     assert generated["images"] == 1 and generated["shown"] == 1, generated
-    assert not booth_errors, booth_errors
+    assert not booth_errors(page), booth_errors(page)
     unusual = [line for line in server.log()[log_before:].splitlines() if UNUSUAL_LOG_LINES.search(line)]
     assert not unusual, unusual

@@ -550,7 +550,7 @@ def test_sigkill_mid_write_leaves_the_previous_complete_file(tmp_path):
         assert path == target or (path.name.startswith(".") and path.suffix not in COMFY_MODEL_SUFFIXES), path
 
 
-# ---- names of outputs and text shown in the browser -------------------------------------------------
+# ---- names of outputs ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def comfy_bridge():
@@ -583,18 +583,3 @@ def test_existing_model_is_not_replaced_unless_asked(tmp_path, comfy_bridge):
     assert comfy_bridge.safe_output_path(tmp_path, "mine", ".safetensors", True, "lora_name").name == "mine.safetensors"
     with pytest.raises(comfy_bridge.BoothError, match="lora_name is empty"):
         comfy_bridge.safe_output_path(tmp_path, " .. ", ".safetensors", False, "lora_name")
-
-
-def test_web_extension_never_parses_server_text_as_html():
-    """Loss values, messages and file metadata reach the page only as text (textContent, canvas
-    fillText) and images only as image data URLs; none of the HTML-parsing sinks may appear."""
-    scripts = sorted((ROOT / "web").glob("*.js"))
-    assert scripts
-    sinks = re.compile(r"\.innerHTML|\.outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function\(|"
-                       r"createContextualFragment|DOMParser")
-    for script in scripts:
-        found = sinks.search(script.read_text(encoding="utf-8"))
-        assert not found, f"{script.name} uses {found.group(0)}"
-    live_view = (ROOT / "web" / "booth.js").read_text(encoding="utf-8")
-    assert re.search(r"\.textContent = statusLine\(", live_view)  # the status line, where server messages appear
-    assert re.search(r"detail\.image\.startsWith\(", live_view) and "data:image/" in live_view  # <img>: data URLs
