@@ -38,12 +38,16 @@ def tokenizer_dir() -> str | None:
 def graph_state_dict(model, clip, vae) -> dict[str, torch.Tensor]:
     """The original-layout checkpoint that the graph's MODEL/CLIP/VAE hold, patches (LoRAs) applied.
 
-    Mirrors what ComfyUI's own Save Checkpoint does, without writing a file.
+    Mirrors what ComfyUI's own Save Checkpoint does, without writing a file. Newer ComfyUI releases
+    save through the ModelPatcher and CLIP objects; older ones (0.3.x to 0.8) through the inner
+    model and ``CLIP.get_sd``, once the load has written the patches into the weights.
     """
     import comfy.model_management
 
     comfy.model_management.load_models_gpu([model, clip.load_model()], force_patch_weights=True)
-    state = model.state_dict_for_saving(clip.state_dict_for_saving(), vae.get_sd(), None)
+    saver = model if hasattr(model, "state_dict_for_saving") else model.model
+    clip_state = clip.state_dict_for_saving() if hasattr(clip, "state_dict_for_saving") else clip.get_sd()
+    state = saver.state_dict_for_saving(clip_state, vae.get_sd(), None)
     return {k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(v)).detach().to("cpu").clone()
             for k, v in state.items()}
 

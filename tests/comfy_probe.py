@@ -91,6 +91,20 @@ def lora_key_map(base_model, text_model) -> dict:
     return comfy.lora.model_lora_keys_clip(text_model, key_map)
 
 
+def patched_weight(patcher, key: str):
+    """ComfyUI's own patched value of one weight. Newer releases return it (``return_weight``); older
+    ones only write it into the model, so it is read there and the original weights put back."""
+    import inspect
+    import comfy.utils
+
+    if "return_weight" in inspect.signature(patcher.patch_weight_to_device).parameters:
+        return patcher.patch_weight_to_device(key, return_weight=True)
+    patcher.patch_weight_to_device(key)
+    weight = comfy.utils.get_attr(patcher.model, key).detach().clone()
+    patcher.unpatch_model()
+    return weight
+
+
 def cmd_sample(args) -> dict:
     import comfy.sd
     import comfy.utils
@@ -114,7 +128,7 @@ def cmd_sample(args) -> dict:
     patched = {}
     for name in args.weights_of:  # ComfyUI's own patched weight, read before sampling leaves the model patched
         patcher = lora_model if key_map[name].startswith("diffusion_model.") else lora_clip.patcher
-        patched[name] = patcher.patch_weight_to_device(key_map[name], return_weight=True).float().contiguous()
+        patched[name] = patched_weight(patcher, key_map[name]).float().contiguous()
     if args.weights_out:
         save_file(patched, args.weights_out)
     with_lora = generate(lora_model, lora_clip, vae, args.steps, args.seed, args.size, args.prompt)
@@ -292,14 +306,12 @@ def _lora_file_report(path: Path) -> dict:
 def _run_trainer(trainer, graph: dict, widgets: dict, hook: _ProgressHook) -> tuple[dict, dict | None]:
     """Run the training node as the executor does (inference mode, node id given, hook installed);
     return what happened and the node's output (None if it raised)."""
-    import time
     import torch
     import comfy.model_management
     import comfy.utils
 
     before = _live_tensor_bytes()
     comfy.utils.set_progress_bar_global_hook(hook)
-    started = time.perf_counter()
     output, error = None, None
     try:
         with captured(LORA_MESSAGES, logging.WARNING) as lora_log, torch.inference_mode():
@@ -308,7 +320,7 @@ def _run_trainer(trainer, graph: dict, widgets: dict, hook: _ProgressHook) -> tu
         error = raised  # kept while memory is measured, as ComfyUI keeps it for its report
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
-    report = {"seconds": time.perf_counter() - started, "hook_calls": hook.calls, "lora_log": lora_log,
+    report = {"hook_calls": hook.calls, "lora_log": lora_log,
               "error_type": type(error).__name__ if error else None, "error": str(error) if error else None,
               "interrupted_flag_after": comfy.model_management.processing_interrupted(),
               "live_tensor_bytes_before": before, "live_tensor_bytes_after": _live_tensor_bytes()}

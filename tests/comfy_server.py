@@ -19,6 +19,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # Nodes that exist only in the front end: they never reach the server.
@@ -178,14 +179,17 @@ class ComfyServer:
     def __init__(self, comfyui: Path, python: str, base: Path):
         self.comfyui, self.python, self.base = comfyui, python, base
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "comfyui.log"
         self.process: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         self.ws: WebSocket | None = None
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self, timeout: float = 180) -> None:
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                  "--base-directory", str(self.base), "--disable-auto-launch", "--preview-method", "none"],
@@ -214,6 +218,13 @@ class ComfyServer:
                 self.process.kill()
                 self.process.wait()
 
+    def restart(self) -> None:
+        """A new server process on the same folders (models, outputs and settings stay): what the old
+        one held, memory included, goes back to the system."""
+        self.stop()
+        self.port = free_port()
+        self.start()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -226,12 +237,14 @@ class ComfyServer:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                return json.loads(response.read())
+                body = response.read()
+                return json.loads(body) if body else {}  # /interrupt answers with an empty 200
         except urllib.error.HTTPError as error:  # /prompt answers 400 with the validation errors
             raise AssertionError(f"POST {path} -> {error.code}: {error.read().decode(errors='replace')}") from None
 
-    def run(self, prompt: dict, timeout: float) -> Run:
-        """Queue ``prompt`` and collect its websocket messages until it succeeds, fails or is interrupted."""
+    def run(self, prompt: dict, timeout: float, on_event: Callable[[dict], None] | None = None) -> Run:
+        """Queue ``prompt`` and collect its websocket messages until it succeeds, fails or is interrupted;
+        ``on_event`` sees each of them as it arrives (to act mid-run, as a user would)."""
         queued = self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})
         if queued.get("node_errors"):  # ComfyUI runs the outputs that validate and skips the rest
             raise AssertionError(f"invalid nodes in the prompt: {json.dumps(queued['node_errors'])[:3000]}")
@@ -250,6 +263,8 @@ class ComfyServer:
             data = event.get("data") or {}
             if data.get("prompt_id", run.prompt_id) == run.prompt_id and event["type"] != "status":
                 run.events.append(event)
+                if on_event is not None:
+                    on_event(event)
         run.history = self.history(run.prompt_id) if run.outcome == "execution_success" else {}
         return run
 

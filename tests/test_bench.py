@@ -39,6 +39,7 @@ def run_tiny(verb: str, checkpoint: Path, out: Path, *options: str) -> subproces
     return done
 
 
+@pytest.mark.slow
 def test_booth_only_bench_writes_json_and_table(tiny_checkpoint, tmp_path):
     out = tmp_path / "bench"
     done = run_tiny("bench", tiny_checkpoint("sd15"), out, "--steps", "4", "--images", "2", "--rank", "4",
@@ -61,6 +62,7 @@ def test_booth_only_bench_writes_json_and_table(tiny_checkpoint, tmp_path):
     assert text.splitlines()[0].startswith("| trainer") and "| booth " in text and text.strip() in done.stdout
 
 
+@pytest.mark.slow
 def test_step_clock_times_each_optimizer_step_and_keeps_the_exit_status(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(TRAINING_SCRIPT)
@@ -76,6 +78,7 @@ def test_step_clock_times_each_optimizer_step_and_keeps_the_exit_status(tmp_path
     assert result["returncode"] == 3 and result["steps_done"] == 2 and "error" in result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("window", ["0:2", "2:3"])
 def test_step_clock_profiles_exactly_the_steps_of_its_window(tmp_path, window):
     script = tmp_path / "train.py"
@@ -132,6 +135,7 @@ def test_a_killed_run_is_reported_with_its_peak_memory():
     assert row[2].strip() == "killed" and row[4].strip() == "14.00 GB when killed"
 
 
+@pytest.mark.slow
 def test_profile_splits_the_steady_steps_by_kind_of_work(tiny_checkpoint, tmp_path):
     out = tmp_path / "bench"
     done = run_tiny("bench", tiny_checkpoint("sd15"), out, "--steps", "4", "--images", "2", "--rank", "4",
@@ -146,6 +150,7 @@ def test_profile_splits_the_steady_steps_by_kind_of_work(tiny_checkpoint, tmp_pa
     assert "Where a step's time goes" in done.stdout and "| convolution " in (out / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_scaling_varies_one_setting_at_a_time_and_writes_table_and_plot(tiny_checkpoint, tmp_path):
     out = tmp_path / "scaling"
     done = run_tiny("scaling", tiny_checkpoint("sd15"), out, "--steps", "3", "--rank-values", "2", "8",

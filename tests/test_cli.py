@@ -31,6 +31,7 @@ def test_every_verb_has_help():
         assert result.returncode == 0 and "usage:" in result.stdout, verb
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd15", "sd2", "sdxl"])
 def test_make_test_model_then_inspect(family, tmp_path):
     out = tmp_path / f"{family}.safetensors"

@@ -11,13 +11,13 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from comfy_checkout import COMFYUI, IS_CHECKOUT, SKIP_REASON, comfy_python
 from comfy_probe import RESULT_PREFIX
 from trainers.checkpoint.components import SDComponents
 from trainers.checkpoint.convert import convert_checkpoint
@@ -34,31 +34,13 @@ from trainers.lora.network import ADAPTER
 
 PROBE = Path(__file__).with_name("comfy_probe.py")
 REPO = Path(__file__).resolve().parents[1]
-COMFYUI = Path(os.environ.get("COMFYUI_PATH", "")).expanduser() if os.environ.get("COMFYUI_PATH") else None
-IS_CHECKOUT = COMFYUI is not None and (COMFYUI / "comfy" / "sd.py").is_file()
 
-pytestmark = [
-    pytest.mark.comfyui,
-    pytest.mark.slow,
-    pytest.mark.skipif(not IS_CHECKOUT, reason=(
-        "set COMFYUI_PATH to a ComfyUI checkout (a folder with comfy/sd.py) to run these tests" if COMFYUI is None
-        else f"COMFYUI_PATH={COMFYUI} is not a ComfyUI checkout (no comfy/sd.py in it)")),
-]
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow, pytest.mark.skipif(not IS_CHECKOUT, reason=SKIP_REASON)]
 
 EVERY_LAYER = LoraSettings(rank=4, alpha=4.0, unet_targets=tuple(UNET_TARGETS), text_encoder=True)
 COMFY_CONFIG = {"sd15": "SD15", "sd2": "SD20", "sdxl": "SDXL"}
 # One module of each kind whose patched weight ComfyUI and Booth must agree on.
 CHECKED_MODULES = ("attn2_to_k", "resnets_0_conv1", "attentions_0_proj_in", "layers_0_mlp_fc1")
-
-
-def comfy_python() -> str:
-    chosen = os.environ.get("COMFYUI_PYTHON")
-    if chosen:
-        return chosen
-    for venv_python in (COMFYUI / ".venv" / "bin" / "python", COMFYUI / ".venv" / "Scripts" / "python.exe"):
-        if venv_python.is_file():
-            return str(venv_python)
-    return sys.executable
 
 
 def run_probe(*args: object, timeout: float = 900, probe: Path = PROBE) -> dict:
@@ -332,7 +314,7 @@ def test_train_node_refuses_an_existing_lora_name_without_overwrite(lora_trained
     assert again["error_type"] == "BoothError"
     assert again["error"].startswith(f"lora_name: {LORA_NAME}.safetensors already exists")
     assert "overwrite" in again["error"]
-    assert again["seconds"] < 5 and again["hook_calls"] == []  # refused before any loading or training
+    assert again["hook_calls"] == []  # refused before any training step
     assert again["file"]["sha256"] == report["train"]["file"]["sha256"]
 
 

@@ -4,7 +4,7 @@ The pack is installed into a temporary custom_nodes folder, the example workflow
 from the front end's format to API prompts with /object_info and queued on /prompt, and the
 websocket is read for Booth's live-view events. Skipped unless COMFYUI_PATH names a ComfyUI
 checkout. ComfyUI only loads real architectures, so the model is the full-size SD1.5 with random
-weights, at 64 px and with one or two steps everywhere: about 20 minutes on 2 busy CPU cores.
+weights, at 64 px and with one or two steps everywhere: about 6 minutes on one busy CPU core.
 """
 
 from __future__ import annotations
@@ -19,20 +19,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from comfy_checkout import COMFYUI, IS_CHECKOUT, SKIP_REASON, comfy_python
 from comfy_server import ComfyServer, workflow_to_prompt
-from test_comfyui import comfy_python
-from trainers.files import read_safetensors_header
+from trainers.files import load_tensors, read_safetensors_header
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "example_workflows"
-COMFYUI = Path(os.environ["COMFYUI_PATH"]).expanduser() if os.environ.get("COMFYUI_PATH") else None
-IS_CHECKOUT = COMFYUI is not None and (COMFYUI / "main.py").is_file() and (COMFYUI / "comfy" / "sd.py").is_file()
 
-pytestmark = [
-    pytest.mark.comfyui,
-    pytest.mark.slow,
-    pytest.mark.skipif(not IS_CHECKOUT, reason="set COMFYUI_PATH to a ComfyUI checkout to run these tests"),
-]
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow, pytest.mark.skipif(not IS_CHECKOUT, reason=SKIP_REASON)]
 
 PACK = "booth"  # the folder name inside custom_nodes
 CHECKPOINT = "sd15_random.safetensors"
@@ -50,8 +44,8 @@ SMALL = {
     "KSampler": {"steps": 1},
 }
 # A full fine-tune of the full-size SD1.5 on the CPU: fp32 weights, gradients and Adam state of the UNet
-# (~14 GB) beside the model ComfyUI holds.
-FULL_DREAMBOOTH_MEMORY = 20 * 2**30
+# (~14 GB) beside the model ComfyUI holds. Measured: a fresh server grew by 17.0 GiB in this workflow.
+FULL_DREAMBOOTH_MEMORY = 18 * 2**30
 RUN_TIMEOUT = 1800  # the LoRA template took ~9 minutes on 2 CPU cores shared with other jobs
 # The pack's nodes the node search must offer (the test also checks any others it registers).
 BOOTH_NODES = {"BoothLoadInstanceImages", "BoothTrainLoRA", "BoothTrainDreamBooth", "BoothMergeLoRA",
@@ -146,11 +140,15 @@ def check_live_view(run, node_id: str, lora_file: str, sample_steps: list[int]) 
     assert plot["type"] == "temp"
 
 
-def test_pack_loads_fast_with_native_nodes_templates_and_web_extension(server, object_info):
+def test_pack_loads_with_native_nodes_templates_and_web_extension(server, object_info):
     log = server.log()
-    assert "IMPORT FAILED" not in log and "Cannot import" not in log
+    pack_lines = [line for line in log.splitlines() if re.search(r"custom_nodes[/\\]" + PACK + r"\b", line)]
+    assert not [line for line in pack_lines if "IMPORT FAILED" in line or "Cannot import" in line], pack_lines
+    # Listed under "Import times for custom nodes" without "(IMPORT FAILED)". The time is a benchmark
+    # figure (docs/benchmarks.md), printed here, not asserted: it depends on the machine.
     seconds = re.search(r"([\d.]+) seconds: \S*custom_nodes[/\\]" + PACK + r"\s*$", log, re.MULTILINE)
-    assert seconds and float(seconds.group(1)) < 1.0, log[-3000:]  # diffusers alone would take seconds
+    assert seconds, log[-3000:]
+    print(f"{PACK} import time in ComfyUI's start-up log: {seconds.group(1)} s")
 
     nodes = booth_nodes(object_info)
     assert BOOTH_NODES <= set(nodes)
@@ -207,6 +205,35 @@ def test_lora_workflow_trains_generates_and_the_standard_lora_loader_reads_the_l
     assert image.is_file() and Image.open(image).size == (64, 64)
 
 
+CANCEL_STEPS = 4
+
+
+def test_cancel_stops_training_after_the_step_in_progress_and_saves_the_steps_done(server, object_info):
+    """The Cancel button (POST /interrupt) pressed once the first step is reported: the prompt ends as
+    interrupted in the training node, whose LoRA file holds the steps done, complete, beside a
+    resumable state; nothing after the node runs."""
+    prompt = small_prompt(load_workflow("booth_lora_train_and_generate.json"), object_info)
+    prompt["10"]["inputs"].update(steps=CANCEL_STEPS, lora_name="booth_cancelled_lora", sample_every=0)
+
+    def cancel_after_the_first_step(event: dict) -> None:
+        if event["type"] == "booth.progress" and event["data"]["event"] == "step" and event["data"]["step"] == 1:
+            server.post("/interrupt", {})
+
+    run = server.run(prompt, RUN_TIMEOUT, on_event=cancel_after_the_first_step)
+    assert run.outcome == "execution_interrupted", run.events[-1]
+    [interrupted] = run.of_type("execution_interrupted")
+    assert interrupted["node_type"] == "BoothTrainLoRA"
+    steps = [event["step"] for event in booth_progress(run, "10") if event["event"] == "step"]
+    assert steps[0] == 1 and len(steps) < CANCEL_STEPS  # the step running when Cancel came was the last
+
+    lora = server.base / "models" / "loras" / "booth_cancelled_lora.safetensors"
+    tensors, metadata = load_tensors(lora)
+    assert tensors and (metadata["booth.steps"], metadata["ss_max_train_steps"]) == (str(len(steps)),
+                                                                                     str(CANCEL_STEPS))
+    assert (server.base / "output" / "booth" / lora.stem / "state.pt").is_file()
+    assert [str(data["node"]) for data in run.of_type("executing") if data["node"] is not None][-1] == "10"
+
+
 def test_dreambooth_lora_workflow_generates_class_images_and_trains_with_prior(server, object_info):
     prompt = small_prompt(load_workflow("booth_dreambooth_lora_prior_preservation.json"), object_info)
     prompt["10"]["inputs"]["sample_every"] = 0  # previews are covered above; each costs a 25-step generation
@@ -226,6 +253,7 @@ def test_dreambooth_lora_workflow_generates_class_images_and_trains_with_prior(s
 
 
 def test_full_dreambooth_workflow_saves_a_checkpoint_that_load_checkpoint_reads(server, object_info):
+    server.restart()  # the memory the earlier runs left in the server process is needed here
     free = available_memory()
     if free is not None and free < FULL_DREAMBOOTH_MEMORY:
         pytest.skip(f"a full DreamBooth of the full-size SD1.5 needs ~{FULL_DREAMBOOTH_MEMORY >> 30} GB of free "
@@ -335,10 +363,9 @@ LORA_LOADER_RUN = """(async () => {%(queue)s
 UNUSUAL_LOG_LINES = re.compile(r"lora key not loaded|NOT LOADED|Traceback|\bERROR\b|\bWARNING\b|Exception")
 
 
-def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_uses_the_lora(server, tmp_path):
-    """The real front end in headless Chromium, as a new user goes: template (a) loaded as the
-    template browser does, queued from the page, the live loss curve drawn from the steps the page
-    received; then the note's "later" group queued, the new LoRA read by the standard Load LoRA."""
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    """The real front end in one headless Chromium, loaded once Booth's extension has registered."""
     import urllib.request
 
     from browser import Browser, find_chromium
@@ -349,6 +376,56 @@ def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_u
     skip_tour = urllib.request.Request(f"{server.url}/settings", data=json.dumps({"Comfy.TutorialCompleted": True})
                                        .encode(), headers={"Content-Type": "application/json"})
     urllib.request.urlopen(skip_tour, timeout=30).close()
+    with Browser(chromium, tmp_path_factory.mktemp("chromium")) as browser:
+        browser.call("Page.navigate", {"url": server.url})
+        browser.wait_for("window.app?.graph && app.extensions?.some((e) => e.name === 'booth.training_view')", 180)
+        yield browser
+
+
+def booth_errors(page) -> list[dict]:
+    """The page's uncaught exceptions and console errors that come from Booth's extension."""
+    return [error for error in page.errors if f"/extensions/{PACK}/" in error["url"] + error["text"]]
+
+
+# The live view fed what a hostile or broken server could send: markup in a message, and sample
+# "images" that are not image data URLs. A 1x1 PNG is the one valid sample.
+PNG_1PX = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5E"
+           "rkJggg==")
+HOSTILE_VIEW = """(async () => {
+  const response = await fetch("/api/workflow_templates/%(pack)s/booth_lora_train_and_generate.json");
+  await app.loadGraphData(await response.json(), true, true, "booth_lora_train_and_generate");
+  const api = window.comfyAPI.api.api;
+  const view = app.graph.getNodeById(10).boothLiveView;
+  const send = (detail) => api.dispatchEvent(new CustomEvent("booth.progress", { detail: { node: "10", ...detail } }));
+  send({ event: "start", total: 2 });
+  send({ event: "message", text: %(markup)s });
+  const status = { text: view.status.textContent, elements: view.status.childElementCount };
+  send({ event: "sample", step: 1, image: %(png)s });
+  const accepted = view.sample.getAttribute("src");
+  for (const image of %(refused)s) send({ event: "sample", step: 2, image });
+  return { status, accepted, kept: view.sample.getAttribute("src"), caption: view.caption.textContent,
+           images: view.sample.parentElement.querySelectorAll("img").length, injected: window.boothInjected ?? null };
+})()"""
+
+
+def test_live_view_shows_server_text_as_text_and_only_image_data_urls(server, page):
+    """What reaches the page in "booth.progress" events is never parsed as HTML: a message is shown
+    as its literal text, and only JPEG or PNG data URLs become the sample image."""
+    markup = '<img src=x onerror="window.boothInjected = 1"><b>bold</b>'
+    refused = ["javascript:window.boothInjected = 2", f"{server.url}/x.png", "data:text/html;base64,PHNjcmlwdD4=",
+               "data:image/svg+xml,<svg xmlns='http://www.w3.org/2000/svg' onload='window.boothInjected = 3'/>"]
+    shown = page.evaluate(HOSTILE_VIEW % {"pack": PACK, "markup": json.dumps(markup), "png": json.dumps(PNG_1PX),
+                                          "refused": json.dumps(refused)})
+    assert shown["status"] == {"text": markup, "elements": 0}, shown
+    assert shown["accepted"] == PNG_1PX and shown["kept"] == PNG_1PX, shown
+    assert shown["caption"] == "sample at step 1" and shown["images"] == 1 and shown["injected"] is None, shown
+    assert not booth_errors(page), booth_errors(page)
+
+
+def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_uses_the_lora(server, page):
+    """The real front end in headless Chromium, as a new user goes: template (a) loaded as the
+    template browser does, queued from the page, the live loss curve drawn from the steps the page
+    received; then the note's "later" group queued, the new LoRA read by the standard Load LoRA."""
     template = "booth_lora_train_and_generate"
     lora = "booth_browser_lora"  # its own file: the other tests' LoRA may already exist on this server
     small = {node: dict(values) for node, values in SMALL.items()}
@@ -359,16 +436,12 @@ def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_u
     modes = {node["id"]: node.get("mode", 0) for node in later["nodes"]}
     artifacts = Path(os.environ.get("BOOTH_TEST_ARTIFACTS", REPO / "test-artifacts"))
     log_before = len(server.log())
-    with Browser(chromium, tmp_path / "chromium") as page:
-        page.call("Page.navigate", {"url": server.url})
-        page.wait_for("window.app?.graph && app.extensions?.some((e) => e.name === 'booth.training_view')", 180)
-        trained = page.evaluate(LIVE_VIEW_RUN % {"queue": QUEUE_AND_WAIT, "pack": PACK, "template": template,
-                                                 "node": 10, "small": json.dumps(small)}, timeout=RUN_TIMEOUT)
-        screenshot = page.screenshot(artifacts / "lora_template_in_comfyui.png")
-        generated = page.evaluate(LORA_LOADER_RUN % {"queue": QUEUE_AND_WAIT, "modes": json.dumps(modes),
-                                                     "saver": 45}, timeout=RUN_TIMEOUT)
-        page.screenshot(artifacts / "lora_loader_image_in_comfyui.png")
-        booth_errors = [error for error in page.errors if f"/extensions/{PACK}/" in error["url"] + error["text"]]
+    trained = page.evaluate(LIVE_VIEW_RUN % {"queue": QUEUE_AND_WAIT, "pack": PACK, "template": template,
+                                             "node": 10, "small": json.dumps(small)}, timeout=RUN_TIMEOUT)
+    screenshot = page.screenshot(artifacts / "lora_template_in_comfyui.png")
+    generated = page.evaluate(LORA_LOADER_RUN % {"queue": QUEUE_AND_WAIT, "modes": json.dumps(modes),
+                                                 "saver": 45}, timeout=RUN_TIMEOUT)
+    page.screenshot(artifacts / "lora_loader_image_in_comfyui.png")
 
     assert trained["outcome"] == "execution_success", trained["error"]
     assert trained["type"] == "BoothTrainLoRA" and trained["shown"], trained
@@ -379,6 +452,6 @@ def test_front_end_trains_with_a_live_loss_curve_then_the_standard_lora_loader_u
     assert Image.open(screenshot).size == (1600, 1000)
     assert generated["outcome"] == "execution_success", generated["error"]
     assert generated["images"] == 1 and generated["shown"] == 1, generated
-    assert not booth_errors, booth_errors
+    assert not booth_errors(page), booth_errors(page)
     unusual = [line for line in server.log()[log_before:].splitlines() if UNUSUAL_LOG_LINES.search(line)]
     assert not unusual, unusual

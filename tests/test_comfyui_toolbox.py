@@ -12,17 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from test_comfyui import IS_CHECKOUT, every_layer_lora, install_pack, run_probe, warnings_in
+from comfy_checkout import IS_CHECKOUT, SKIP_REASON
+from test_comfyui import every_layer_lora, install_pack, run_probe, warnings_in
 from trainers.files import read_safetensors_header
 from trainers.lora.layouts import save_lora_file
 from trainers.lora.toolbox import LoraChoice, bake_checkpoint, extract_lora
 
-pytestmark = [
-    pytest.mark.comfyui,
-    pytest.mark.slow,
-    pytest.mark.skipif(not IS_CHECKOUT, reason="set COMFYUI_PATH to a ComfyUI checkout (a folder with comfy/sd.py) "
-                                               "to run these tests"),
-]
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow, pytest.mark.skipif(not IS_CHECKOUT, reason=SKIP_REASON)]
 
 PROBE = Path(__file__).with_name("comfy_toolbox_probe.py")
 STRENGTH, TEXT_STRENGTH = 0.8, 0.6

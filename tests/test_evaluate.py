@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
+from comfy_checkout import COMFYUI, IS_CHECKOUT, SKIP_REASON, comfy_python
 from trainers.errors import BoothError
 from trainers.evaluate.config import (CompareConfig, SamplingConfig, SweepConfig, VariantConfig,
                                       apply_compare_overrides, load_compare_config, parse_variant_lines)
@@ -404,7 +404,6 @@ def test_clip_score_node_scores_a_batch(pack, judge_dir, clip):
         node.score(images, " \n", "sks", str(judge_dir / "clip-tiny"))
 
 
-COMFYUI = Path(os.environ["COMFYUI_PATH"]).expanduser() if os.environ.get("COMFYUI_PATH") else None
 COMPARE_PROBE = r"""
 import importlib.util, json, os, sys
 comfy_root, pack_dir, root = sys.argv[1:4]
@@ -435,8 +434,7 @@ print("RESULT " + json.dumps({"grid": list(grid.shape), "plots": list(plots.shap
 
 @pytest.mark.slow
 @pytest.mark.comfyui
-@pytest.mark.skipif(COMFYUI is None or not (COMFYUI / "comfy" / "sd.py").is_file(),
-                    reason="set COMFYUI_PATH to a ComfyUI checkout to run the CompareModels node in it")
+@pytest.mark.skipif(not IS_CHECKOUT, reason=SKIP_REASON)
 def test_compare_node_in_comfyui(tmp_path, tiny_checkpoint, judge_dir, hostile_lora):
     import shutil
     import subprocess
@@ -446,9 +444,8 @@ def test_compare_node_in_comfyui(tmp_path, tiny_checkpoint, judge_dir, hostile_l
         (tmp_path / folder).mkdir()
         shutil.copy(source, tmp_path / folder / name)
     shutil.copytree(judge_dir / "clip-tiny", tmp_path / "clip" / "clip-tiny")
-    python = COMFYUI / ".venv" / "bin" / "python"
-    run = subprocess.run([str(python) if python.is_file() else sys.executable, "-c", COMPARE_PROBE, str(COMFYUI),
-                          str(ROOT), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([comfy_python(), "-c", COMPARE_PROBE, str(COMFYUI), str(ROOT), str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert run.returncode == 0 and lines, run.stderr[-3000:]
     result = json.loads(lines[0][len("RESULT "):])

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from comfy_checkout import COMFYUI, IS_CHECKOUT, SKIP_REASON, comfy_python
+
 ROOT = Path(__file__).resolve().parents[1]
-COMFYUI = Path(os.environ["COMFYUI_PATH"]).expanduser() if os.environ.get("COMFYUI_PATH") else None
 
 
 def install_module():
@@ -86,24 +87,20 @@ def test_booth_requirements_name_no_protected_package(install, requirements):
     assert all(">=" in line and "==" not in line for line in requirements)  # never pins what ComfyUI has
 
 
-@pytest.mark.skipif(COMFYUI is None or not (COMFYUI / "requirements.txt").is_file(),
-                    reason="set COMFYUI_PATH to a ComfyUI checkout")
+@pytest.mark.comfyui
+@pytest.mark.skipif(not IS_CHECKOUT, reason=SKIP_REASON)
 def test_comfyui_environment_plan_moves_none_of_its_pins(install, requirements):
-    """Against the ComfyUI checkout's own requirements and (if present) its venv's `pip list`."""
+    """Against the ComfyUI checkout's own requirements and its Python's `pip list`."""
     pins = install.comfyui_pins(COMFYUI / "requirements.txt")
     assert "comfyui-frontend-package" in pins
     names = {install.canonical(install._NAME.match(line).group(1)) for line in requirements}
     assert names & set(pins) == set()
-    python = COMFYUI / ".venv" / "bin" / "python"
-    if python.is_file():
-        listing = subprocess.run([str(python), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
-                                 capture_output=True, text=True, timeout=120, check=True)
-        installed = {install.canonical(row["name"]): row["version"] for row in json.loads(listing.stdout)}
-        assert "torch" in installed
-        plan = install.plan_install(requirements, installed, pins)
-        assert plan.blocked == []
-        moving = {install.canonical(install._NAME.match(line).group(1)) for line in plan.install}
-        assert moving & (set(pins) | install.PROTECTED) == set()
+    installed = {install.canonical(name): version for name, version in pip_list(comfy_python()).items()}
+    assert "torch" in installed
+    plan = install.plan_install(requirements, installed, pins)
+    assert plan.blocked == []
+    moving = {install.canonical(install._NAME.match(line).group(1)) for line in plan.install}
+    assert moving & (set(pins) | install.PROTECTED) == set()
 
 
 def test_dry_run_in_this_environment_installs_nothing():
@@ -137,6 +134,10 @@ def served_repository(root: Path, port: int) -> str:
     return f"http://127.0.0.1:{port}/booth.git"
 
 
+# Where comfyui-manager keeps its command line: a top-level module in 4.3, inside the package in 4.0.
+CM_CLI_MODULES = ("cm_cli", "comfyui_manager.cm_cli")
+
+
 def comfyui_tree(folder: Path) -> Path:
     """A ComfyUI folder with its own empty custom_nodes: the checkout's files linked, except
     folder_paths.py, copied so that ComfyUI's paths resolve to this folder."""
@@ -151,14 +152,14 @@ def comfyui_tree(folder: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.comfyui
-@pytest.mark.skipif(COMFYUI is None or not (COMFYUI / "folder_paths.py").is_file(),
-                    reason="set COMFYUI_PATH to a ComfyUI checkout")
+@pytest.mark.skipif(not IS_CHECKOUT, reason=SKIP_REASON)
 def test_comfyui_manager_installs_the_pack_from_a_git_url_without_moving_packages(tmp_path):
-    python = str(COMFYUI / ".venv" / "bin" / "python")
-    if not Path(python).is_file():
-        python = sys.executable
-    if subprocess.run([python, "-c", "import cm_cli"], capture_output=True).returncode != 0:
-        pytest.skip("comfyui-manager is not installed in ComfyUI's Python (pip install -r manager_requirements.txt)")
+    python = comfy_python()
+    # 4.0 imports ComfyUI's own modules, so the check runs in ComfyUI's folder, as cm_cli itself does.
+    found = [module for module in CM_CLI_MODULES
+             if subprocess.run([python, "-c", f"import {module}"], cwd=COMFYUI, capture_output=True).returncode == 0]
+    if not found:
+        pytest.skip("comfyui-manager is not installed in ComfyUI's Python (bash scripts/comfyui.sh installs it)")
     if not (ROOT / ".git").exists():
         pytest.skip("needs the repository's git metadata to list its files")
     port = free_port()
@@ -170,7 +171,7 @@ def test_comfyui_manager_installs_the_pack_from_a_git_url_without_moving_package
     pins = install_module().comfyui_pins(COMFYUI / "requirements.txt")
     before = pip_list(python)
     try:
-        done = subprocess.run([python, "-m", "cm_cli", "install", url, "--mode", "local"], cwd=comfy,
+        done = subprocess.run([python, "-m", found[0], "install", url, "--mode", "local"], cwd=comfy,
                               env=dict(os.environ, COMFYUI_PATH=str(comfy)), capture_output=True, text=True,
                               timeout=900)
     finally:

@@ -19,22 +19,23 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_import_is_cheap_and_pulls_no_model_libraries(tmp_path):
+def test_import_pulls_no_model_libraries(tmp_path):
+    """What keeps ComfyUI's start-up cheap: importing the pack loads none of the model libraries (they
+    take seconds; they load when a node first runs). The time itself is a benchmark figure
+    (docs/benchmarks.md), not asserted: it depends on the machine."""
     (tmp_path / "custom_nodes").mkdir()
     (tmp_path / "custom_nodes" / "Booth-any-name").symlink_to(ROOT, target_is_directory=True)
-    probe = ("import importlib.util, json, sys, time, torch\n"
-             "t = time.perf_counter()\n"
+    probe = ("import importlib.util, json, sys, torch\n"
              f"spec = importlib.util.spec_from_file_location('x', r'{tmp_path}/custom_nodes/Booth-any-name/__init__.py',"
              f" submodule_search_locations=[r'{tmp_path}/custom_nodes/Booth-any-name'])\n"
              "m = importlib.util.module_from_spec(spec); sys.modules['x'] = m; spec.loader.exec_module(m)\n"
-             "print(json.dumps({'seconds': time.perf_counter() - t, 'nodes': sorted(m.NODE_CLASS_MAPPINGS),"
+             "print(json.dumps({'nodes': sorted(m.NODE_CLASS_MAPPINGS),"
              " 'heavy': sorted(k for k in sys.modules if k.split('.')[0] in ('diffusers', 'transformers', 'peft',"
              " 'accelerate', 'matplotlib'))}))\n")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["heavy"] == []
-    assert info["seconds"] < 2.0  # torch is already imported by ComfyUI; the pack itself adds ~0.1 s
     assert {"BoothLoadInstanceImages", "BoothTrainLoRA"} <= set(info["nodes"])
 
 

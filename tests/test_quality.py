@@ -22,7 +22,7 @@ from trainers.toyworld.scoring import subject_images, toy_judges
 from trainers.toyworld.subject import write_instance_images
 from trainers.train import train
 
-pytestmark = pytest.mark.quality
+pytestmark = [pytest.mark.quality, pytest.mark.slow]
 
 TRAIN_STEPS = 200  # the demo's
 FOLLOWS_PROMPTS = 0.3  # mean of shape, colour and background accuracy; chance is 0.16, measured 0.40

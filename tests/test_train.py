@@ -318,6 +318,7 @@ def test_console_progress_prints_loss_and_eta():
     assert len(lines) == 2 and lines[0].startswith("step 2/4  loss 0.5000  lr 1.00e-04") and "ETA" in lines[0]
 
 
+@pytest.mark.slow
 def test_demo_writes_everything_it_promises(tmp_path):
     import json
 
