@@ -29,10 +29,11 @@ def judge_config():
 
 
 def _clip_pixels(images: list) -> torch.Tensor:
-    from ..evaluate.models import CLIP_MEAN, CLIP_STD
+    """The judge's input exactly as the evaluator prepares it."""
+    from ..evaluate.models import CLIP_MEAN, CLIP_STD, ImagePreprocess
 
-    unit = (pixels(images) + 1) / 2
-    return (unit - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    prepare = ImagePreprocess(IMAGE_SIZE, (IMAGE_SIZE, IMAGE_SIZE), CLIP_MEAN, CLIP_STD)
+    return prepare((pixels(images).permute(0, 2, 3, 1) + 1) / 2)
 
 
 def _tokens(tokenizer, texts: list[str]) -> dict:
