@@ -54,7 +54,8 @@ def test_booth_only_bench_writes_json_and_table(tiny_checkpoint, tmp_path):
     booth = report["summary"]["booth"]
     assert booth["s_per_step"] == pytest.approx(sorted(run["step_seconds"])[1], abs=1e-3)
     assert report["flops_per_step"] == 2 * report["unet_forward_flops"] > 0
-    assert booth["gflops"] == pytest.approx(report["flops_per_step"] / 1e9 / booth["s_per_step"], abs=0.1)
+    # s_per_step is stored in milliseconds: a tiny model's ~20 ms step carries up to 5 % rounding
+    assert booth["gflops"] == pytest.approx(report["flops_per_step"] / 1e9 / booth["s_per_step"], rel=0.05)
     assert report["machine"]["matmul_peak_gflops"] > 0
     assert report["workload"]["resolution"] == 64 and report["booth_ratio"] == {}
     assert len(list((out / "images").glob("*.png"))) == 2
