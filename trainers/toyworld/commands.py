@@ -40,6 +40,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type: a whole number of at least 1 (argparse prints the message as one line, exit 2)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def add_commands(verbs) -> None:
     defaults = PretrainSettings()
     p = verbs.add_parser("toyworld", help="the toy world: rebuild its pre-trained model and judge, draw its subject",
@@ -49,10 +56,10 @@ def add_commands(verbs) -> None:
     q = actions.add_parser("pretrain", help="train the toy model and judge from scratch (about 80 minutes on 2 CPU cores)")
     q.add_argument("--out-dir", default="outputs/toyworld")
     q.add_argument("--seed", type=int, default=defaults.seed)
-    q.add_argument("--vae-steps", type=int, default=defaults.vae_steps)
-    q.add_argument("--generator-steps", type=int, default=defaults.generator_steps)
-    q.add_argument("--judge-steps", type=int, default=defaults.judge_steps)
-    q.add_argument("--threads", type=int, default=1,
+    q.add_argument("--vae-steps", type=_at_least_one, default=defaults.vae_steps)
+    q.add_argument("--generator-steps", type=_at_least_one, default=defaults.generator_steps)
+    q.add_argument("--judge-steps", type=_at_least_one, default=defaults.judge_steps)
+    q.add_argument("--threads", type=_at_least_one, default=1,
                    help="CPU threads (the shipped files were made with 1; other counts sum in another order)")
     q.set_defaults(run=cmd_pretrain)
     q = actions.add_parser("images", help="write the subject's instance pictures (a teal and magenta 'sks heart')")

@@ -1,7 +1,7 @@
 """Pre-train the toy-world text-to-image model from a seed: VAE first, then UNet and text encoder together.
 
 The result is an ordinary single-file SD1.5-layout checkpoint of the ``toy`` variant (see
-checkpoints/configs/sd15_toy.json), so fine-tuning, merging, sampling and the LoRA writers run on
+trainers/checkpoint/configs/sd15_toy.json), so fine-tuning, merging, sampling and the LoRA writers run on
 the very code paths a real checkpoint takes. Each stage writes its result into the work folder and
 is skipped when that file is already there, so a stopped pre-training continues where it stopped.
 """
