@@ -87,7 +87,7 @@ class TrainDreamBooth:
             "dreambooth", dataset, output, prior=prior_preservation, optimizer=optimizer, save_dtype=save_dtype,
             dreambooth=DreamBoothConfig(train_text_encoder_steps=train_text_encoder_steps, use_ema=use_ema,
                                         ema_decay=ema_decay))
-        run = train_on_graph(config, unique_id, model, clip, vae, dataset)
+        run = train_on_graph(config, unique_id, model, clip, vae, dataset, overwrite)
         lines = [f"{output.name}: {run.steps} steps in {run.seconds:.0f} s"]
         if lora_output is not None:
             with comfy_bridge.memory_released():  # the base model's copy used for the difference

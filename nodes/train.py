@@ -144,21 +144,23 @@ class GraphRun:
         return torch.from_numpy(loss_plot(self.losses, title=f"{title}: loss per step")).float()[None] / 255
 
 
-def train_on_graph(config: TrainConfig, unique_id: str | None, model, clip, vae, dataset: InstanceImages) -> GraphRun:
+def train_on_graph(config: TrainConfig, unique_id: str | None, model, clip, vae, dataset: InstanceImages,
+                   overwrite: bool) -> GraphRun:
     """Train a copy of the graph's model as ``config`` says; its result is written to ``config.output``.
 
     Cancel (ComfyUI's interrupt) stops training after the step in progress. The result trained so
     far is still saved, complete (written atomically; its metadata records the steps done), the
     model copy used for training is freed, and then ComfyUI's InterruptProcessingException is
     raised like any interrupted node: the prompt ends as interrupted and no output is cached, so
-    queueing again trains again (turn on overwrite, or pick a new name). Cancelled while class
-    images are generated, it keeps those images for the next run and writes nothing.
+    queueing again trains again from step 0 (turn on overwrite, or pick a new name); a node run is
+    not resumable, so no training state is kept. Cancelled before the first step (while class
+    images are generated or latents encoded), it writes nothing: an existing file stays as it was.
     """
     progress = comfy_bridge.ComfyProgress(unique_id, Path(config.output).name)
     with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode, which forbids autograd
         try:
             with comfy_bridge.memory_released():
-                run = _train_copy(config, progress, model, clip, vae, dataset)
+                run = _train_copy(config, progress, model, clip, vae, dataset, overwrite)
         except BoothError:
             if progress.stop_requested:  # stopped while making class images
                 comfy_bridge.raise_interrupted()
@@ -169,12 +171,13 @@ def train_on_graph(config: TrainConfig, unique_id: str | None, model, clip, vae,
 
 
 def _train_copy(config: TrainConfig, progress: comfy_bridge.ComfyProgress, model, clip, vae,
-                dataset: InstanceImages) -> GraphRun:
+                dataset: InstanceImages, overwrite: bool) -> GraphRun:
     """Its own frame, so the model copy (GBs) is freed as soon as it returns."""
     from ..trainers.train import train
 
     components = comfy_bridge.graph_components(model, clip, vae)
-    result = train(config, progress, components=components, instance_images=dataset.images)
+    result = train(config, progress, components=components, instance_images=dataset.images, overwrite=overwrite,
+                   resumable=False)
     return GraphRun(result.losses, result.steps, result.seconds)
 
 
@@ -228,7 +231,7 @@ class TrainLoRA:
             method, dataset, output, prior=method == "dreambooth_lora",
             lora=LoraConfig(rank=rank, alpha=alpha, unet_targets=TARGET_CHOICES[targets],
                             text_encoder=train_text_encoder))
-        run = train_on_graph(config, unique_id, model, clip, vae, dataset)
+        run = train_on_graph(config, unique_id, model, clip, vae, dataset, overwrite)
         model_out, clip_out = comfy_bridge.apply_lora(model, clip, output, 1.0, 1.0)
         curve = run.curve(output.stem)
         return {"ui": {"text": [f"{output.name}: {run.steps} steps in {run.seconds:.0f} s"],

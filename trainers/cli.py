@@ -113,7 +113,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(dump_config(config.validate().resolved()), end="")
         return 0
-    result = train(config, _stop_on_signals(ConsoleProgress(every=args.log_every)), resume=args.resume or False)
+    result = train(config, _stop_on_signals(ConsoleProgress(every=args.log_every)), resume=args.resume or False,
+                   overwrite=args.overwrite)
+    if result.output is None:
+        print(f"stopped before the first step: nothing was written ({result.seconds:.1f} s)")
+        return 0
     print(f"{'stopped' if result.stopped else 'done'}: {result.steps} steps in {result.seconds:.1f} s, "
           f"peak memory {result.peak_memory_bytes / 2**30:.2f} GiB -> {result.output}")
     if result.stopped and result.state:
@@ -158,7 +162,10 @@ def _add_train_parser(verbs) -> None:
     p.add_argument("--out", help="output LoRA .safetensors (default <output-dir>/<method>.safetensors)")
     p.add_argument("--output-dir", help="work folder: caches, samples, loss.png, losses.csv, resumable state")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="any config field, e.g. lora.alpha=8")
-    p.add_argument("--resume", action="store_true", help="continue from <output-dir>/state.pt")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="STATE",
+                   help="continue from <output-dir>/state.pt (or from the state file named)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists (resuming the run "
+                                                            "that wrote it needs no --overwrite)")
     p.add_argument("--log-every", type=int, default=10, help="print a progress line every N steps")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(run=cmd_train, method_given=False)

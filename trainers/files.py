@@ -26,6 +26,8 @@ from .errors import BoothError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+# 255 bytes is the common file-name limit; the hidden temporary adds a dot and ".xxxxxxxx.tmp".
+MAX_NAME_BYTES = 255 - 14
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
@@ -70,6 +72,39 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     return atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=meta))
+
+
+def check_output_file(path: str | os.PathLike, what: str = "Output") -> Path:
+    """Refuse, before any work, an output that cannot be written: a folder, a name too long for
+    the file system (with the hidden temporary's extra characters), or a folder Booth cannot write.
+
+    Creates the output's folder if needed; returns the path.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise BoothError(f"{what} {target} is a folder; give a file name, e.g. {target / 'model.safetensors'}.")
+    name_bytes = len(target.name.encode("utf-8", "surrogateescape"))
+    if name_bytes > MAX_NAME_BYTES:
+        raise BoothError(f"{what} name {target.name[:40]}... is {name_bytes} bytes long; file systems allow "
+                         f"{MAX_NAME_BYTES} here (with room for the temporary file). Choose a shorter name.")
+    check_writable_folder(target.parent, f"the folder of {what.lower()} {target.name}")
+    return target
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str) -> Path:
+    """Create ``folder`` if needed and prove it takes a new file; otherwise one BoothError naming it."""
+    path = Path(folder)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise BoothError(f"Cannot use {path} as {what}: {blocker} is a file. Choose a folder path.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise BoothError(f"Cannot write to {path} ({what}): {exc.strerror or exc}. Choose a folder you can "
+                         "write to, or free space there.") from None
+    return path
 
 
 def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:

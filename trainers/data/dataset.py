@@ -117,6 +117,16 @@ def scan_image_folder(folder: str | os.PathLike, *, instance_prompt: str | None 
     return ImageFolderScan(root, tuple(items), tuple(skipped))
 
 
+def folder_is_read(root: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether :func:`scan_image_folder` on ``root`` reads images from ``folder`` (resolved, through links):
+    ``root`` itself or one of its ``N_caption`` subfolders."""
+    root_path, path = Path(root).resolve(), Path(folder).resolve()
+    if path == root_path:
+        return True
+    match = _KOHYA_FOLDER.match(path.name)
+    return path.parent == root_path and bool(match) and int(match.group(1)) >= 1
+
+
 def check_batch_fits(items: Sequence[ImageItem], batch_size: int, source: str) -> None:
     """Refuse a batch larger than an epoch: it could only be filled by showing an image twice in one
     step, and the batcher would silently train on smaller batches than asked for instead."""

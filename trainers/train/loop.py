@@ -8,6 +8,9 @@ uninterrupted one and lets the caller's own random state stay untouched.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,21 +31,30 @@ from .prepare import (PreparedData, freeze_text_encoders, load_base, place_for_t
 from .recipes import RECIPES, trainable_parameters
 from .record import TrainResult, snapshot_path, training_metadata, write_loss_log
 from .runtime import choose_device, choose_precision, peak_memory_bytes, reset_peak_memory
-from .state import TrainingState, refuse_non_finite
+from .paths import check_run_paths
+from .state import TrainingState, refuse_non_finite, state_path
 
 
 def train(config: TrainConfig, progress: Progress | None = None, components: SDComponents | None = None,
-          resume: bool | str | Path = False, instance_images: torch.Tensor | None = None) -> TrainResult:
+          resume: bool | str | Path = False, instance_images: torch.Tensor | None = None, *,
+          overwrite: bool = True, resumable: bool = True) -> TrainResult:
     """Train as ``config`` says and write the result to ``config.output``.
 
     ``components``: an already loaded model (the ComfyUI node passes the graph's); it is trained
     in place and returned with the result. ``instance_images``: a float BHWC batch in [0, 1] to
     train on instead of the ``images`` folder. ``resume``: True continues from
-    ``<output_dir>/state.pt`` if there is one; a path continues from that file. Raises
-    :class:`BoothError` for anything the user can fix.
+    ``<output_dir>/state.pt`` if there is one; a path continues from that file. ``overwrite``:
+    False refuses an existing output (unless resuming the run that wrote it). ``resumable``: False
+    saves no state when stopped (for callers that cannot resume). Raises :class:`BoothError` for
+    anything the user can fix, before the model loads where it can be known then.
     """
     config = config.validate().resolved()
-    progress = progress or Progress()
+    check_run_paths(config, overwrite=overwrite, resume=resume)
+    return _train(config, progress or Progress(), components, resume, instance_images, resumable)
+
+
+def _train(config: TrainConfig, progress: Progress, components: SDComponents | None, resume: bool | str | Path,
+           instance_images: torch.Tensor | None, resumable: bool) -> TrainResult:
     device = choose_device(config.device)
     precision = choose_precision(config.mixed_precision, device)
     if precision.note:
@@ -90,21 +102,60 @@ def train(config: TrainConfig, progress: Progress | None = None, components: SDC
                     state.save(config, step)
                     if recipe.snapshots:  # a LoRA per save point, to pick the best step afterwards
                         snapshots.append(save_result(snapshot_path(config, step)))
+            optimizer.zero_grad(set_to_none=True)  # the last gradients are not saved; free them (GBs for a full UNet)
+            if stopped and step == start:  # nothing new: keep every file as it was (never an untrained result)
+                progress.on_message(f"stopped before the first step of this run; nothing saved"
+                                    f"{f', {config.output} kept as it was' if Path(config.output).exists() else ''}")
+                return TrainResult(None, [row["loss"] for row in state.history], step, clock.seconds(), clock.peak(),
+                                   components, samples, stopped, None, config, state.history, data.class_folder,
+                                   data.class_images_generated, snapshots)
             if stopped:
                 progress.on_message(f"stopping at step {step} as requested; saving")
-            optimizer.zero_grad(set_to_none=True)  # the last gradients are not saved; free them (GBs for a full UNet)
-            saved_state = state.save(config, step) if stopped or config.save_every else None
+            saved_state = state.save(config, step) if (stopped and resumable) or config.save_every else None
             if state.ema is not None:  # the result is the average; the state just saved keeps the raw weights
                 state.ema.copy_to_weights()
-            output = save_result(Path(config.output))
-        finally:  # even a diverged or failed run leaves its loss log for diagnosis
-            write_loss_log(state.history, Path(config.output_dir))
+            try:
+                output = save_result(Path(config.output))
+            except OSError as error:
+                raise _unsaved(error, state, config, step, saved_state) from None
+        finally:  # even a diverged or failed run leaves its loss log for diagnosis (if it did a step)
+            if len(state.history) > start:
+                _write_loss_log(state.history, Path(config.output_dir), progress)
             for module in (components.unet, *components.text_encoders):
                 module.eval()
     progress.on_message(f"saved {output} after {step} steps ({step - start} in this run) in {clock.seconds():.1f} s")
     return TrainResult(output, [row["loss"] for row in state.history], step, clock.seconds(), clock.peak(),
                        components, samples, stopped, saved_state, config, state.history, data.class_folder,
                        data.class_images_generated, snapshots)
+
+
+def _unsaved(error: OSError, state: TrainingState, config: TrainConfig, step: int,
+             saved_state: Path | None) -> BoothError:
+    """The result could not be written: keep the trained weights as a resumable state (in the work
+    folder, else in the system's temporary folder) and say where, so hours of training are not lost."""
+    reason = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+    kept = saved_state
+    for place in (None, Path(tempfile.gettempdir()) / f"booth-{Path(config.output).stem}-{os.getpid()}-state.pt"):
+        if kept is not None:
+            break
+        with contextlib.suppress(OSError, BoothError):
+            kept = state.save(config, step, place)
+    if kept is None:
+        return BoothError(f"Could not write {config.output} ({reason}), nor keep the trained weights anywhere; "
+                          f"the {step} steps are lost. Free disk space and check the folders' permissions.")
+    resume = "--resume" if kept == state_path(config) else f"--resume {kept}"
+    return BoothError(f"Could not write {config.output} ({reason}). The {step} trained steps are kept in {kept}: "
+                      f"fix the problem (free space, a writable folder, a file name), then run the same command with "
+                      f"{resume} to save them without training again.")
+
+
+def _write_loss_log(history: list[dict], folder: Path, progress: Progress) -> None:
+    """The loss log is for diagnosis: failing to write it must not fail (or mask the error of) a run."""
+    try:
+        write_loss_log(history, folder)
+    except OSError as error:
+        progress.on_message(f"warning: could not write the loss log in {folder} ({error.strerror or error}); "
+                            "the training result is not affected")
 
 
 class _Clock:

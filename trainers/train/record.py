@@ -31,9 +31,10 @@ class TrainResult:
     ``seconds`` and ``peak_memory_bytes`` cover the whole call (loading, class images, encoding,
     steps, saving); peak memory is CUDA's max allocated on a GPU, the process's peak RSS on a CPU.
     ``steps`` counts from the start of training, including steps done before a resume.
+    ``output`` is None when the run was stopped before its first step (nothing was written).
     """
 
-    output: Path
+    output: Path | None
     losses: list[float]
     steps: int
     seconds: float

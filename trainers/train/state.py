@@ -42,7 +42,8 @@ class TrainingState:
     ema: Any = None
     history: list[dict] = field(default_factory=list)
 
-    def save(self, config: TrainConfig, step: int) -> Path:
+    def save(self, config: TrainConfig, step: int, path: Path | None = None) -> Path:
+        """Write the state to ``path`` (default: the run's own, ``<output_dir>/state.pt``)."""
         refuse_non_finite(self.params, step)
         state = {
             "format": FORMAT, "step": step, "config": dump_config(config), "losses": self.history,
@@ -51,7 +52,7 @@ class TrainingState:
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "ema": self.ema.state_dict() if self.ema is not None else {},
         }
-        return atomic_write(state_path(config), lambda tmp: torch.save(state, tmp))
+        return atomic_write(path or state_path(config), lambda tmp: torch.save(state, tmp))
 
     def resume(self, resume: bool | str | os.PathLike | None, config: TrainConfig, progress) -> int:
         """Load the state ``resume`` names (True: this run's own) and return its step; 0 if none."""
