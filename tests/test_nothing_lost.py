@@ -191,6 +191,24 @@ def test_cli_refuses_an_existing_output_without_overwrite(tmp_path, images, tiny
     assert load_tensors(out)[1]["booth.steps"] == "1"
 
 
+# ---- 5. two runs on one output: the second is refused ------------------------------------------------
+
+def test_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path, images, tiny_checkpoint, capsys):
+    from test_reliability import cli_command, start_and_wait_for_steps
+
+    base, out = tiny_checkpoint("sd15"), tmp_path / "run"
+    first, _ = start_and_wait_for_steps(cli_command(base, images, out, tmp_path / "cache", 10_000), 1)
+    try:
+        code, err = run_cli(cli(base, images, out, "--overwrite"), capsys)
+        assert code == 2 and "is in use by another training run (process " in err, err
+        assert f"(process {first.pid})" in err
+    finally:
+        first.kill()  # a lock dies with its process, even with kill -9
+        first.communicate(timeout=60)
+    assert main(cli(base, images, out, "--overwrite")) == 0
+    assert list(tmp_path.rglob("*booth-lock*")) == []  # the killed run's lock files were taken over and removed
+
+
 # ---- 7. a run that cannot be resumed does not leave a "resumable" state -------------------------------
 
 class StopAfterOneStep(Progress):

@@ -20,6 +20,7 @@ from ..checkpoint.components import SDComponents
 from ..checkpoint.conditioning import Conditioning, encode_prompts, predict_noise
 from ..config import TrainConfig
 from ..errors import BoothError
+from ..locking import exclusive
 from ..progress import Progress
 from .batches import EncodedSet, derived_seed
 from .noise import diffusion_loss, min_snr_weights, sample_noise, sample_timesteps, training_target
@@ -50,7 +51,8 @@ def train(config: TrainConfig, progress: Progress | None = None, components: SDC
     """
     config = config.validate().resolved()
     check_run_paths(config, overwrite=overwrite, resume=resume)
-    return _train(config, progress or Progress(), components, resume, instance_images, resumable)
+    with exclusive([Path(config.output), Path(config.output_dir)], "training run"):
+        return _train(config, progress or Progress(), components, resume, instance_images, resumable)
 
 
 def _train(config: TrainConfig, progress: Progress, components: SDComponents | None, resume: bool | str | Path,
