@@ -342,8 +342,8 @@ def valid_config(*overrides: str) -> TrainConfig:
 @pytest.mark.parametrize("override, line", [
     ("steps=0", "- steps: is 0; it must be at least 1."),
     ("batch_size=0", "- batch_size: is 0; it must be at least 1."),
-    ("data.resolution=500", "- data.resolution: is 500; use a positive multiple of 8 of at least 64"),
-    ("data.resolution=0", "- data.resolution: is 0; use a positive multiple of 8"),
+    ("data.resolution=500", "- data.resolution: is 500; use a multiple of 8 from 64 to 4096"),
+    ("data.resolution=0", "- data.resolution: is 0; use a multiple of 8 from 64 to 4096"),
     ("learning_rate=-1e-4", "- learning_rate: is -0.0001; it must be a finite number, 0 or more."),
     ("learning_rate=.inf", "- learning_rate: is inf; it must be a finite number, 0 or more."),
     ("learning_rate=.nan", "- learning_rate: is nan; it must be a finite number, 0 or more."),

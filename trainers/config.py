@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 from .errors import BoothError
+from .limits import MAX_REPEATS, MAX_RESOLUTION
 
 T = TypeVar("T")
 
@@ -194,8 +195,9 @@ def _problems(c: TrainConfig) -> list[str]:
         value = _get(c, name)
         need(value is None or 0 <= value < math.inf, name, f"is {value}; it must be a finite number, 0 or more.")
     res = c.data.resolution
-    need(res >= 64 and res % 8 == 0, "data.resolution",
-         f"is {res}; use a positive multiple of 8 of at least 64 (512 for SD1.5, 1024 for SDXL).")
+    need(64 <= res <= MAX_RESOLUTION and res % 8 == 0, "data.resolution",
+         f"is {res}; use a multiple of 8 from 64 to {MAX_RESOLUTION} (512 for SD1.5, 1024 for SDXL).")
+    need(c.data.repeats <= MAX_REPEATS, "data.repeats", f"is {c.data.repeats}; use at most {MAX_REPEATS:,}.")
     if c.method != "dreambooth":
         try:
             c.lora.settings().check()

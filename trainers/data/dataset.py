@@ -11,6 +11,8 @@ loaded, and all bad files are reported at once rather than one per run.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import os
 import re
@@ -23,6 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import BoothError
+from ..limits import MAX_EPOCH_SAMPLES, MAX_REPEATS
 from .images import (IMAGE_SUFFIXES, MIN_SIDE, WHITE, Colour, Size, aspect_buckets, cover_crop, image_to_tensor,
                      load_image, nearest_bucket, read_image_size, to_rgb, validate_resolution)
 
@@ -80,8 +83,8 @@ def scan_image_folder(folder: str | os.PathLike, *, instance_prompt: str | None 
         raise BoothError(f"Image folder not found: {root}. Check the path (it must be a folder of images).")
     if not root.is_dir():
         raise BoothError(f"{root} is a file; give the folder that holds the training images.")
-    if repeats < 1:
-        raise BoothError(f"repeats is {repeats}; it must be at least 1.")
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise BoothError(f"repeats is {repeats}; use 1 to {MAX_REPEATS:,}.")
     prompt = (instance_prompt or "").strip()
 
     images: list[tuple[Path, int, str]] = []  # (path, repeats, folder caption)
@@ -107,6 +110,7 @@ def scan_image_folder(folder: str | os.PathLike, *, instance_prompt: str | None 
             uncaptioned.append(path)
     if problems:
         raise BoothError(f"{len(problems)} unusable image(s) in {root}:\n  - " + _listing(problems))
+    check_epoch_size(items, str(root))
     if uncaptioned:
         raise BoothError(f"No caption for {len(uncaptioned)} image(s) in {root}:\n  - " + _listing(uncaptioned)
                          + "\nGive an instance prompt, put a .txt caption with the same name beside each image, "
@@ -125,6 +129,15 @@ def folder_is_read(root: str | os.PathLike, folder: str | os.PathLike) -> bool:
         return True
     match = _KOHYA_FOLDER.match(path.name)
     return path.parent == root_path and bool(match) and int(match.group(1)) >= 1
+
+
+def check_epoch_size(items: Sequence[ImageItem], source: str) -> None:
+    """Refuse an epoch too long to index (each sample costs memory in the shuffle)."""
+    samples = sum(item.repeats for item in items)
+    if samples > MAX_EPOCH_SAMPLES:
+        raise BoothError(f"{source} gives {samples:,} samples per epoch ({len(items)} image(s), repeats included); "
+                         f"Booth allows {MAX_EPOCH_SAMPLES:,}. Lower the repeats (data.repeats or the N of "
+                         "'N_caption' folders).")
 
 
 def check_batch_fits(items: Sequence[ImageItem], batch_size: int, source: str) -> None:
@@ -167,6 +180,7 @@ class InstanceDataset(torch.utils.data.Dataset):
             raise BoothError("The dataset has no images; add at least one.")
         if any(item.repeats < 1 for item in items):
             raise BoothError("Every image's repeats must be at least 1.")
+        check_epoch_size(items, "the images")
         if crop not in CROPS:
             raise BoothError(f"crop is {crop!r}; use one of {', '.join(CROPS)}.")
         self.items = tuple(items)
@@ -174,7 +188,7 @@ class InstanceDataset(torch.utils.data.Dataset):
         self.crop, self.flip, self.buckets, self.seed = crop, flip, buckets, seed
         self.background = background
         self.epoch = 0
-        self._sample_items = [i for i, item in enumerate(self.items) for _ in range(item.repeats)]
+        self._ends = list(itertools.accumulate(item.repeats for item in self.items))  # repeats stay implicit
         square = (self.resolution, self.resolution)
         if buckets:
             choices = aspect_buckets(self.resolution)
@@ -192,8 +206,8 @@ class InstanceDataset(torch.utils.data.Dataset):
         batch = validate_image_batch(images)
         if not caption or not caption.strip():
             raise BoothError("The instance prompt is empty; describe the subject, e.g. 'a photo of sks dog'.")
-        if repeats < 1:
-            raise BoothError(f"repeats is {repeats}; it must be at least 1.")
+        if not 1 <= repeats <= MAX_REPEATS:
+            raise BoothError(f"repeats is {repeats}; use 1 to {MAX_REPEATS:,}.")
         pixels = batch.detach().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
         items = []
         for array in pixels:
@@ -202,10 +216,16 @@ class InstanceDataset(torch.utils.data.Dataset):
         return cls(items, background=background, **options)
 
     def __len__(self) -> int:
-        return len(self._sample_items)
+        return self._ends[-1]
+
+    def _item_of(self, index: int) -> int:
+        """The image shown as sample ``index``: samples list each image ``repeats`` times in a row."""
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return bisect.bisect_right(self._ends, index)
 
     def __getitem__(self, index: int) -> dict:
-        item_index = self._sample_items[index]
+        item_index = self._item_of(index)
         item = self.items[item_index]
         size = self._item_sizes[item_index]
         generator = self._generator(index) if self.crop == "random" or self.flip else None
@@ -219,7 +239,7 @@ class InstanceDataset(torch.utils.data.Dataset):
 
     def sample_size(self, index: int) -> Size:
         """(width, height) of sample ``index``'s pixels."""
-        return self._item_sizes[self._sample_items[index]]
+        return self._item_sizes[self._item_of(index)]
 
     def _load(self, item: ImageItem, size: Size) -> Image.Image:
         if isinstance(item.source, Image.Image):
@@ -273,6 +293,9 @@ def _collect(folder: Path, repeats: int, folder_caption: str, images: list, skip
             skipped.append(SkippedFile(entry, "hidden"))
         elif entry.is_dir():
             match = _KOHYA_FOLDER.match(entry.name) if allow_subfolders else None
+            if match and int(match.group(1)) > MAX_REPEATS:
+                raise BoothError(f"Folder {entry} asks for {match.group(1)} repeats; use at most {MAX_REPEATS:,} "
+                                 f"(rename it, e.g. '10_{match.group(2)}').")
             if match and int(match.group(1)) >= 1:
                 _collect(entry, int(match.group(1)), match.group(2).strip(), images, skipped, allow_subfolders=False)
             else:

@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import BoothError
+from ..limits import MAX_ASPECT, MAX_RESOLUTION
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 WHITE = (255, 255, 255)
@@ -47,9 +48,11 @@ _SWAPS_SIDES = frozenset({5, 6, 7, 8})  # orientations that rotate by 90 degrees
 
 
 def validate_resolution(value: object, name: str = "resolution") -> int:
-    """Return ``value`` as an int if it is a positive multiple of 8 (the VAE's downscale factor)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % 8:
-        raise BoothError(f"{name} is {value!r}; use a positive multiple of 8 (e.g. 512 for SD1.5, 1024 for SDXL).")
+    """Return ``value`` as an int if it is a multiple of 8 (the VAE's downscale factor) up to ``MAX_RESOLUTION``."""
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 < value <= MAX_RESOLUTION
+            or value % 8):
+        raise BoothError(f"{name} is {value!r}; use a positive multiple of 8 up to {MAX_RESOLUTION} (e.g. 512 for "
+                         "SD1.5, 1024 for SDXL).")
     return int(value)
 
 
@@ -126,16 +129,22 @@ def nearest_bucket(size: Size, buckets: tuple[Size, ...]) -> Size:
 
 
 def cover_crop(image: Image.Image, size: Size, *, generator: torch.Generator | None = None) -> Image.Image:
-    """Scale ``image`` to just cover ``size``, then crop to it: centred, or at a random offset drawn from ``generator``."""
+    """Scale ``image`` to just cover ``size``, then crop to it: centred, or at a random offset drawn from ``generator``.
+
+    The crop is chosen in the scaled image's pixels but only that region is resampled, so memory
+    stays at ``size`` whatever the image's aspect ratio.
+    """
     target_w, target_h = size
     width, height = image.size
     scale = max(target_w / width, target_h / height)
     scaled = (max(target_w, round(width * scale)), max(target_h, round(height * scale)))
-    if scaled != image.size:
-        image = image.resize(scaled, Image.Resampling.LANCZOS, reducing_gap=3.0)
     left = _crop_offset(scaled[0] - target_w, generator)
     top = _crop_offset(scaled[1] - target_h, generator)
-    return image.crop((left, top, left + target_w, top + target_h))
+    if scaled == image.size:
+        return image.crop((left, top, left + target_w, top + target_h))
+    x, y = width / scaled[0], height / scaled[1]
+    box = (left * x, top * y, (left + target_w) * x, (top + target_h) * y)
+    return image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -170,6 +179,10 @@ def _opened(path: str | os.PathLike) -> Iterator[Image.Image]:
         if min(width, height) < MIN_SIDE:
             raise BoothError(f"{file} is only {width}x{height} pixels; training images need at least "
                              f"{MIN_SIDE}x{MIN_SIDE} (ideally the training resolution). Remove or replace it.")
+        if max(width, height) > MAX_ASPECT * min(width, height):
+            raise BoothError(f"{file} is {width}x{height} pixels, a strip more than {MAX_ASPECT} times longer than "
+                             "it is wide; a training crop of it would show almost nothing. Crop it to the subject "
+                             "or remove it.")
         yield image
 
 

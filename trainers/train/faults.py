@@ -1,4 +1,4 @@
-"""Running out of GPU memory, turned into advice and memory handed back.
+"""Running out of memory (GPU or CPU), turned into advice and memory handed back.
 
 A raw CUDA out-of-memory error tells the user nothing they can act on, and inside ComfyUI the
 failed step's activations would stay referenced by the error's traceback, so every later workflow
@@ -18,6 +18,14 @@ from ..errors import BoothError
 
 # torch >= 2.5 names it at the top level; older releases (still shipped with some ComfyUI installs) only under cuda.
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+# What torch's CPU allocator says when an allocation fails (Linux/macOS, Windows): a plain RuntimeError.
+_CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
+def is_out_of_memory(error: BaseException | None) -> bool:
+    """A CUDA or CPU allocation failure (or Python's MemoryError): the same advice fits all of them."""
+    return isinstance(error, (OUT_OF_MEMORY, MemoryError)) or (
+        isinstance(error, RuntimeError) and any(text in str(error) for text in _CPU_OUT_OF_MEMORY))
 
 
 def out_of_memory_advice(config: TrainConfig, device: torch.device) -> "_OutOfMemoryAdvice":
@@ -40,7 +48,7 @@ class _OutOfMemoryAdvice:
         return None
 
     def __exit__(self, kind, error, trace) -> bool:
-        if not isinstance(error, OUT_OF_MEMORY):
+        if not is_out_of_memory(error):
             return False
         detail = (str(error).strip().splitlines() or ["out of memory"])[0][:200]
         error.__traceback__ = None  # the failed step's frames, and the activations they hold, go with it
