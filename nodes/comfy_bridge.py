@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Iterator, NoReturn
 import torch
 
 from ..trainers.errors import BoothError
+from ..trainers.files import check_file_name
 from ..trainers.progress import Progress
 from . import ui
 
@@ -101,6 +102,7 @@ def safe_output_path(folder: Path, name: str, suffix: str, overwrite: bool, widg
         stem = stem[: -len(suffix)]
     if not stem:
         raise BoothError(f"{widget} is empty; give the output a name, e.g. 'my_subject'.")
+    check_file_name(f"{stem}{suffix}", widget)
     path = folder / f"{stem}{suffix}"
     if path.exists() and not overwrite:
         raise BoothError(f"{widget}: {path.name} already exists in {folder}. Choose another name or turn on overwrite.")

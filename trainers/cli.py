@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .bench import add_commands as add_bench_commands
@@ -179,7 +180,8 @@ def _add_train_parser(verbs) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainers",
                                      description="Booth: fine-tune Stable Diffusion (LoRA, DreamBooth) offline.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages and stack traces")
+    parser.add_argument("-v", "--verbose", "--debug", action="store_true",
+                        help="show library log messages, and the stack trace of an error (also BOOTH_DEBUG=1)")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser("inspect", help="describe a checkpoint (family, prediction type, "
@@ -212,24 +214,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.verbose or os.environ.get("BOOTH_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
         _quiet_libraries()
     try:
-        return args.run(args)
-    except BoothError as error:
-        if args.verbose:
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at exit
+        return code
+    except BrokenPipeError:  # e.g. `inspect ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (BoothError, OSError) as error:
+        if debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error if isinstance(error, BoothError) else describe_os_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
 
 
+def describe_os_error(error: OSError) -> str:
+    """The last line of defence for a file problem no check caught: name the file and the fix."""
+    where = f"{error.filename}: " if error.filename else ""
+    return (f"{where}{error.strerror or error}. Check that the path exists, is the right kind (file or folder), "
+            "can be read and written by you, and that the disk has space.")
+
+
 def _quiet_libraries() -> None:
     """diffusers/transformers print advice meant for hub users; keep the CLI's output ours."""
-    import os
     import warnings
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 from .errors import BoothError
+from .formatting import is_text
 from .limits import MAX_REPEATS, MAX_RESOLUTION
 
 T = TypeVar("T")
@@ -194,6 +195,11 @@ def _problems(c: TrainConfig) -> list[str]:
                  "noise_offset", "warmup_steps", "save_every", "sample.every", "prior.loss_weight"):
         value = _get(c, name)
         need(value is None or 0 <= value < math.inf, name, f"is {value}; it must be a finite number, 0 or more.")
+    need(-2**63 <= c.seed < 2**63, "seed", f"is {c.seed}; use a whole number that fits in 64 bits, e.g. 0 to "
+                                          f"{2**63 - 1}.")
+    for name, value in _flatten_text(config_to_dict(c)):
+        need(is_text(value), name, f"{value!r} holds bytes that are not UTF-8 text (from a terminal or file in "
+                                    "another encoding); retype it or save the file as UTF-8.")
     res = c.data.resolution
     need(64 <= res <= MAX_RESOLUTION and res % 8 == 0, "data.resolution",
          f"is {res}; use a multiple of 8 from 64 to {MAX_RESOLUTION} (512 for SD1.5, 1024 for SDXL).")
@@ -212,6 +218,18 @@ def _problems(c: TrainConfig) -> list[str]:
         need(c.prior.num_class_images >= max(1, c.batch_size), "prior.num_class_images",
              f"is {c.prior.num_class_images} but each step takes batch_size={c.batch_size} class images; "
              f"use at least {max(1, c.batch_size)}.")
+    return found
+
+
+def _flatten_text(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted name, text) of every text setting, list items included."""
+    found = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            found += _flatten_text(value, f"{prefix}{key}.")
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                found.append((prefix + key, item))
     return found
 
 
@@ -239,7 +257,8 @@ def config_from_dict(data: dict[str, Any] | None, cls: type = TrainConfig, where
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise BoothError(f"{where or 'the config'} must be a mapping of settings, not {type(data).__name__}.")
+        raise BoothError(f"{where.rstrip('.') or 'the config'} must be a mapping of settings, not "
+                         f"{type(data).__name__}.")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
@@ -306,7 +325,7 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             if isinstance(value, (dict, list)):
                 raise ValueError
             return "" if value is None else str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise BoothError(f"{name}: {value!r} is not a valid {hint.__name__}.") from None
     return value
 
@@ -336,9 +355,14 @@ def read_config_file(path: str | Path, from_dict: Callable[[Any], T]) -> T:
     """Parse a YAML config file into a dataclass with ``from_dict``; every error names the file."""
     file = Path(path)
     if not file.is_file():
-        raise BoothError(f"Config file not found: {file}")
+        raise BoothError(f"Config file not found: {file}" + (" (it is a folder)" if file.is_dir() else ""))
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BoothError(f"Config file {file} cannot be read: {exc.strerror or exc}. Check its permissions.") from None
+    except UnicodeDecodeError as exc:
+        raise BoothError(f"Config file {file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position "
+                         f"{exc.start}). Save it as UTF-8 YAML.") from None
     except yaml.YAMLError as exc:
         raise BoothError(f"{file} is not valid YAML: {exc}") from None
     try:

@@ -9,13 +9,17 @@ in models/ and would offer a half-written one). Pickled formats load only with
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import pickle
 import re
+import stat
 import struct
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,6 +33,7 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 # 255 bytes is the common file-name limit; the hidden temporary adds a dot and ".xxxxxxxx.tmp".
 MAX_NAME_BYTES = 255 - 14
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 
@@ -83,12 +88,17 @@ def check_output_file(path: str | os.PathLike, what: str = "Output") -> Path:
     target = Path(path)
     if target.is_dir():
         raise BoothError(f"{what} {target} is a folder; give a file name, e.g. {target / 'model.safetensors'}.")
-    name_bytes = len(target.name.encode("utf-8", "surrogateescape"))
-    if name_bytes > MAX_NAME_BYTES:
-        raise BoothError(f"{what} name {target.name[:40]}... is {name_bytes} bytes long; file systems allow "
-                         f"{MAX_NAME_BYTES} here (with room for the temporary file). Choose a shorter name.")
+    check_file_name(target.name, what)
     check_writable_folder(target.parent, f"the folder of {what.lower()} {target.name}")
     return target
+
+
+def check_file_name(name: str, what: str) -> None:
+    """Refuse a file name the file system would reject once written (with the temporary's extra characters)."""
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        raise BoothError(f"{what}: the name {name[:40]}... is {size} bytes long; at most {MAX_NAME_BYTES} fit "
+                         "(file systems allow 255, the temporary file adds 14). Choose a shorter name.")
 
 
 def check_writable_folder(folder: str | os.PathLike, what: str) -> Path:
@@ -107,6 +117,25 @@ def check_writable_folder(folder: str | os.PathLike, what: str) -> Path:
     return path
 
 
+def require_file(path: str | os.PathLike) -> Path:
+    """``path`` as a readable file, or one BoothError that says what it really is (missing, a folder,
+    a link that loops, unreadable) instead of a stack trace or a misleading "not found"."""
+    file = Path(path)
+    try:
+        info = file.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BoothError(f"{file} is a symbolic link that loops back on itself; point it at a real file.") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise BoothError(f"File not found: {file}") from None
+        raise BoothError(f"{file} cannot be read: {exc.strerror or exc}.") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise BoothError(f"{file} is a folder, not a file; give the model file inside it.")
+    if not os.access(file, os.R_OK):
+        raise BoothError(f"{file} cannot be read: permission denied. Check the file's permissions.")
+    return file
+
+
 def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     """Validate and return (tensor entries, metadata) of a safetensors file without loading tensors.
 
@@ -114,19 +143,20 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
     and agree with its dtype and shape, so a truncated download or hostile header is refused
     before any memory is allocated for it.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise BoothError(f"File not found: {file}")
+    file = require_file(path)
     size = file.stat().st_size
     with open(file, "rb") as handle:
         head = handle.read(8)
         if len(head) < 8:
             raise BoothError(f"{file} is not a safetensors file (only {size} bytes). Re-download or re-export it.")
         (header_len,) = struct.unpack("<Q", head)
-        if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
-            raise BoothError(f"{file} is not a valid safetensors file (its header claims {header_len} bytes; "
-                             f"the file has {size}). It is truncated or not a safetensors file; "
-                             "re-download or re-export it.")
+        if header_len > _MAX_HEADER_BYTES:
+            raise BoothError(f"{file} is not a valid safetensors file (its header claims {header_len} bytes, over "
+                             f"the {_MAX_HEADER_BYTES // 2**20} MB any real header fits in). It is damaged or not a "
+                             "safetensors file; re-download or re-export it.")
+        if 8 + header_len > size:
+            raise BoothError(f"{file} is truncated (its header claims {header_len} bytes; the file has {size}). "
+                             "Re-download or re-export it.")
         try:
             header = json.loads(handle.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -134,16 +164,20 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
     if not isinstance(header, dict):
         raise BoothError(f"{file} is not a valid safetensors file (header is not a table).")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise BoothError(f"{file} is not a valid safetensors file (its __metadata__ is a {type(metadata).__name__}, "
+                         "not a table). Re-download or re-export it.")
     data_len = size - 8 - header_len
     for name, entry in header.items():
         try:
             start, end = entry["data_offsets"]
-            count = 1
-            for dim in entry["shape"]:
-                count *= int(dim)
-            expected = count * _DTYPE_BYTES[entry["dtype"]]
+            shape, dtype = entry["shape"], entry["dtype"]
+            if not all(type(v) is int for v in (start, end, *shape)) or any(dim < 0 for dim in shape):
+                raise TypeError
+            expected = math.prod(shape) * _DTYPE_BYTES[dtype]
         except (KeyError, TypeError, ValueError):
-            raise BoothError(f"{file}: tensor {name!r} has a malformed header entry.") from None
+            raise BoothError(f"{file} is not a valid safetensors file: tensor {name!r} has a malformed header "
+                             "entry. Re-download or re-export it.") from None
         if not (0 <= start <= end <= data_len) or end - start != expected:
             raise BoothError(f"{file} is truncated or corrupt: tensor {name!r} lies outside the file's data "
                              f"({data_len} bytes). Re-download or re-export it.")
@@ -152,9 +186,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict[str, st
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load a tensor file as (state dict, metadata); pickles only through ``weights_only=True``."""
-    file = Path(path)
-    if not file.is_file():
-        raise BoothError(f"File not found: {file}")
+    file = require_file(path)
     suffix = file.suffix.lower()
     if suffix == ".safetensors":
         _, metadata = read_safetensors_header(file)
@@ -181,8 +213,10 @@ def load_pickle(path: str | os.PathLike) -> object:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(str(file), map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise BoothError(f"{file} is truncated or corrupt ({_first_line(exc)}). "
+        if "weights only load failed" not in str(exc).lower() or not _holds_a_pickle(file):
+            refusal = _UNPICKLER_ERROR.search(str(exc))
+            detail = f"WeightsUnpickler: {refusal.group(1).strip()[:120]}" if refusal else _first_line(exc)
+            raise BoothError(f"{file} is truncated or corrupt, or not a PyTorch checkpoint ({detail}). "
                              "Re-download or re-export it.") from None
         wanted = _REFUSED_GLOBAL.search(str(exc))
         asks = f" (it asks for {wanted.group(1)})" if wanted else ""
@@ -192,6 +226,19 @@ def load_pickle(path: str | os.PathLike) -> object:
     except Exception as exc:  # a cut-off zip, an empty or non-pickle file: torch raises many types
         raise BoothError(f"{file} is truncated or corrupt, or not a PyTorch checkpoint ({_first_line(exc)}). "
                          "Re-download or re-export it.") from None
+
+
+def _holds_a_pickle(file: Path) -> bool:
+    """Whether the file is a pickle at all (a zip with a data.pkl, or raw pickle bytes): only then
+    can a refusal mean the pickle asks for objects, rather than that the file is something else."""
+    try:
+        if zipfile.is_zipfile(file):
+            with zipfile.ZipFile(file) as archive:
+                return any(name.endswith("data.pkl") for name in archive.namelist())
+        with open(file, "rb") as handle:
+            return handle.read(1) == b"\x80"  # the PROTO opcode every pickle since protocol 2 starts with
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import BoothError
-from ..files import load_tensors, read_safetensors_header
+from ..files import load_tensors, read_safetensors_header, require_file
 from .families import FAMILIES, VARIANTS, detect, guess_sd2_prediction_type
 from .keymap import UNET_PREFIX, VAE_PREFIX
 
@@ -47,9 +47,7 @@ def _component(key: str) -> str:
 
 def describe_checkpoint(path: str | os.PathLike) -> dict:
     """Family, prediction type, parameters per component, dtypes, size and metadata of a checkpoint."""
-    file = Path(path)
-    if not file.is_file():
-        raise BoothError(f"File not found: {file}")
+    file = require_file(path)
     if file.suffix.lower() == ".safetensors":
         header, metadata = read_safetensors_header(file)
         shapes = {k: (tuple(v["shape"]), v["dtype"]) for k, v in header.items()}
@@ -58,6 +56,8 @@ def describe_checkpoint(path: str | os.PathLike) -> dict:
         tensors, metadata = load_tensors(file)
         shapes = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in tensors.items()}
         state = tensors
+    if not shapes:
+        raise BoothError(f"{file} holds no tensors: it is an empty file, neither a model nor a LoRA. Re-export it.")
     detected = detect(state, str(file), metadata)  # type: ignore[arg-type]
     prediction, how = detected.prediction_type, "from the file"
     if prediction is None:

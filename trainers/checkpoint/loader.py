@@ -33,6 +33,10 @@ def _assign(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str
         if tuple(value.shape) != tuple(expected[key].shape):
             raise BoothError(f"{name}: {what} weight {key} has shape {tuple(value.shape)}, expected "
                              f"{tuple(expected[key].shape)}. The file is from an unsupported variant.")
+        if expected[key].is_floating_point() and not value.is_floating_point():
+            raise BoothError(f"{name} is damaged: {what} weight {key} is stored as "
+                             f"{str(value.dtype).removeprefix('torch.')}, not as floating-point numbers. "
+                             "Re-download or re-export it.")
     module.load_state_dict(tensors, strict=True, assign=True)
 
 

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import BoothError
+from ..formatting import is_text, printable
 from ..limits import MAX_EPOCH_SAMPLES, MAX_REPEATS
 from .images import (IMAGE_SUFFIXES, MIN_SIDE, WHITE, Colour, Size, aspect_buckets, cover_crop, image_to_tensor,
                      load_image, nearest_bucket, read_image_size, to_rgb, validate_resolution)
@@ -104,7 +105,10 @@ def scan_image_folder(folder: str | os.PathLike, *, instance_prompt: str | None 
             problems.append(str(error))
             continue
         caption = _read_caption(path.with_suffix(_CAPTION_SUFFIX)) or folder_caption or prompt
-        if caption:
+        if not is_text(caption):
+            problems.append(f"{printable(path)}: its caption {printable(caption)!r} (from its folder's name) holds "
+                            "bytes that are not UTF-8 text; rename the folder.")
+        elif caption:
             items.append(ImageItem(path, caption, count, size))
         else:
             uncaptioned.append(path)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BoothError
-from ..files import load_tensors, read_safetensors_header, save_tensors
+from ..files import load_tensors, read_safetensors_header, require_file, save_tensors
 from .kohya import ALPHA, DOWN, MID, UP, LoraModule, LoraWeights, read_lora
 from .names import UNET_PREFIX, underscored
 
@@ -248,8 +248,6 @@ def save_lora_file(lora: LoraFile, path: str | os.PathLike, *, metadata: dict[st
 
 def looks_like_lora(path: str | os.PathLike) -> bool:
     """Whether most of a file's tensor names are a LoRA's (only the header is read for .safetensors)."""
-    file = Path(path)
-    if not file.is_file():
-        return False
+    file = require_file(path)
     keys = list(read_safetensors_header(file)[0] if file.suffix.lower() == ".safetensors" else load_tensors(file)[0])
     return bool(keys) and 2 * sum(split_key(key) is not None for key in keys) > len(keys)

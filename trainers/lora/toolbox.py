@@ -21,7 +21,7 @@ from ..checkpoint.families import FAMILIES
 from ..checkpoint.loader import load_components
 from ..checkpoint.writer import save_checkpoint
 from ..errors import BoothError
-from ..files import read_safetensors_header
+from ..files import read_safetensors_header, require_file
 from .apply import _core_shape, apply_lora
 from .fit import (Architecture, Fit, check_architecture, check_fit, family_label, find_architecture, listed,
                   match_architecture)
@@ -466,9 +466,7 @@ def _part_of(name: str) -> str:
 def describe_lora(path: str | os.PathLike) -> dict:
     """Family (and how it was told), layouts, modules per part, ranks, alphas, LoCon/Tucker counts,
     whole differences, unknown keys, modules naming no layer of that family, metadata and size."""
-    file = Path(path)
-    if not file.is_file():
-        raise BoothError(f"File not found: {file}")
+    file = require_file(path)
     lora = read_lora_file(file)
     found = find_architecture(lora)
     if lora.lora.family:

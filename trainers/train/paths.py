@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import BoothError
-from ..files import check_output_file, check_writable_folder
+from ..files import check_file_name, check_output_file, check_writable_folder
 from ..data.dataset import folder_is_read
 from .state import state_path
 
@@ -34,6 +34,7 @@ def check_run_paths(config: TrainConfig, *, overwrite: bool, resume: object) -> 
     resuming with a saved state), is a folder or cannot be written, and work folders that are
     files, unwritable, or inside the instance images. ``config`` must be resolved."""
     output = Path(config.output)
+    check_file_name(output.name, "output")
     if config.base and same_file(output, config.base):
         raise BoothError(f"Output {output} is one of the inputs (the base checkpoint {config.base}); training would "
                          "replace it. Choose another output name.")

@@ -1,0 +1,101 @@
+"""Every case of the generated hostile-input corpus (tests/hostile_corpus.py) through the real
+command line: exit status 2, one ``error:`` line with the expected words, no stack trace, no file
+written or changed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hostile_corpus import build, make_lora
+from trainers.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tiny_checkpoint):
+    folder = tmp_path_factory.mktemp("hostile")
+    base = tiny_checkpoint("sd15")
+    return {case.name: case for case in build(folder / "corpus", base, make_lora(base, folder / "lora.safetensors"))}
+
+
+def _names() -> list[str]:
+    """The case names, read without building the corpus (parametrisation happens at collection)."""
+    import ast
+
+    tree = ast.parse((Path(__file__).with_name("hostile_corpus.py")).read_text(encoding="utf-8"))
+    return [node.args[0].value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Case"
+            and isinstance(node.args[0], ast.Constant)]
+
+
+@pytest.fixture(autouse=True)
+def keep_signal_handlers():
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("name", _names())
+def test_hostile_input_gets_one_clear_line(name, corpus, capsys):
+    if name not in corpus:
+        pytest.skip("needs non-UTF-8 file names (POSIX)")
+    case = corpus[name]
+    before = {path: path.read_bytes() for path in case.untouched}
+    code = main(case.argv)
+    err = capsys.readouterr().err
+    assert code == case.code, err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    for piece in case.expect:
+        assert piece in err, err
+    assert {path: path.read_bytes() for path in case.untouched} == before
+    assert not (Path(case.argv[-1]).name == "out.safetensors" and Path(case.argv[-1]).exists())
+
+
+def test_every_case_is_run(corpus):
+    """The names parametrised at collection are exactly the corpus's cases, each once."""
+    assert len(_names()) == len(set(_names())) and set(corpus) <= set(_names())
+    assert len(set(_names()) - set(corpus)) <= 1  # the non-UTF-8 folder case off POSIX
+
+
+def test_inspect_into_a_closed_pipe_ends_quietly(tiny_checkpoint):
+    """``inspect … | head -1``: the reader leaves early; no BrokenPipeError stack trace."""
+    command = f"{sys.executable} -m trainers inspect {tiny_checkpoint('sd15')} | head -1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert done.stdout.strip() == str(tiny_checkpoint("sd15"))
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode in (0, 141)
+
+
+def test_a_full_work_folder_after_the_save_still_reports_done(tmp_path, tiny_checkpoint, capsys):
+    """The loss log cannot be written (its name is taken by a folder): the LoRA is saved, so the
+    run succeeds and says what it could not write."""
+    from hostile_corpus import PROMPT, _images
+
+    images = _images(tmp_path / "images")
+    (tmp_path / "run" / "losses.csv").mkdir(parents=True)
+    code = main(["train", "--method", "lora", "--base", str(tiny_checkpoint("sd15")), "--images", str(images),
+                 "--instance-prompt", PROMPT, "--steps", "1", "--resolution", "64", "--rank", "4",
+                 "--output-dir", str(tmp_path / "run"), "--set", "mixed_precision=no"])
+    out = capsys.readouterr().out
+    assert code == 0 and "done: 1 steps" in out, out
+    assert "warning: could not write the loss log" in out
+    assert (tmp_path / "run" / "lora.safetensors").is_file()
+
+
+def test_node_output_name_over_255_bytes_is_a_widget_message(pack, tmp_path):
+    """The nodes' name cleaning refuses a name the file system would reject, naming the widget."""
+    bridge = sys.modules["booth_pack_under_test.nodes.comfy_bridge"]
+    with pytest.raises(bridge.BoothError, match=r"lora_name: the name x+\.\.\. is 260 bytes long; at most 241 fit"):
+        bridge.safe_output_path(tmp_path, "x" * 248, ".safetensors", True, "lora_name")
+    assert list(tmp_path.iterdir()) == []
