@@ -175,6 +175,26 @@ def build(root: Path, base: Path, lora: Path) -> list[Case]:
         cases.append(Case("inspect a symlink loop", "message", ["inspect", str(root / "loop a")],
                           ["is a symbolic link that loops back on itself"]))
 
+    # NaN and infinity, in and out
+    nan_up = _changed(lora, root / "nan up.safetensors", lambda t: t[_first(t, "lora_up.weight")].fill_(float("nan")))
+    nan_alpha = _changed(lora, root / "nan alpha.safetensors", lambda t: t[_first(t, "alpha")].fill_(float("nan")))
+    nan_base = _changed(base, root / "nan base.safetensors",
+                        lambda t: t[_first(t, "weight", "model.diffusion_model.")].fill_(float("inf")))
+    out = str(root / "out.safetensors")
+    cases += [
+        Case("merge a LoRA with a NaN up weight", "non-finite", ["merge", "--lora", str(nan_up), "--out", out],
+             ["nan up.safetensors is broken:", "holds NaN or infinite values"]),
+        Case("merge a LoRA with a NaN alpha", "non-finite", ["merge", "--lora", str(nan_alpha), "--out", out],
+             ["nan alpha.safetensors is broken:", ".alpha holds NaN or infinite values"]),
+        Case("bake a NaN LoRA", "non-finite", ["merge", "--base", str(base), "--lora", str(nan_up), "--out", out],
+             ["nan up.safetensors is broken:"]),
+        Case("resize a NaN LoRA", "non-finite", ["resize", str(nan_up), "--rank", "2", "--out", out],
+             ["nan up.safetensors is broken:"]),
+        Case("combine overflowing fp16", "non-finite", ["merge", "--lora", str(lora), "1e30", "--out", out],
+             ["Refusing to write", "NaN or infinite value(s)", "Nothing was written"]),
+        Case("train on a base with infinite weights", "non-finite", train(base_file=nan_base),
+             ["nan base.safetensors is broken: UNet weight", "Re-download it or choose another model"]),
+    ]
     return cases
 
 

@@ -73,10 +73,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                  metadata: dict[str, str] | None = None) -> Path:
-    """Write a .safetensors file atomically (tensors made contiguous, metadata values as strings)."""
+    """Write a .safetensors file atomically (tensors made contiguous, metadata values as strings).
+
+    Every weight any verb writes passes here, so this is where a NaN or infinite value is refused:
+    such a file loads without complaint and then draws black or noise images.
+    """
+    refuse_non_finite_tensors(tensors, path)
     contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     return atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=meta))
+
+
+def refuse_non_finite_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Raise a BoothError naming the first floating tensor holding NaN or infinity (checked as written,
+    so a value that only overflows when cast to fp16 is caught too)."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise BoothError(f"Refusing to write {path}: tensor {name!r} ({str(tensor.dtype).removeprefix('torch.')}) "
+                             f"would hold {bad} NaN or infinite value(s), and such a file draws black or noise "
+                             "images. Nothing was written. If it came from merging, lower the strengths or "
+                             "save as fp32; if an input holds such values, that input is broken.")
 
 
 def check_output_file(path: str | os.PathLike, what: str = "Output") -> Path:

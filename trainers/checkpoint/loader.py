@@ -37,6 +37,9 @@ def _assign(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str
             raise BoothError(f"{name} is damaged: {what} weight {key} is stored as "
                              f"{str(value.dtype).removeprefix('torch.')}, not as floating-point numbers. "
                              "Re-download or re-export it.")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise BoothError(f"{name} is broken: {what} weight {key} holds NaN or infinite values, so everything "
+                             "it draws or trains would be black or noise. Re-download it or choose another model.")
     module.load_state_dict(tensors, strict=True, assign=True)
 
 

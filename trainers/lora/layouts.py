@@ -168,6 +168,11 @@ def read_lora_file(source: str | os.PathLike | dict[str, torch.Tensor], *,
         tensors, meta = load_tensors(source)
     if not tensors:
         raise BoothError(f"{label} holds no tensors; it is not a LoRA.")
+    broken = next((key for key, value in tensors.items()
+                   if value.is_floating_point() and not bool(torch.isfinite(value).all())), None)
+    if broken is not None:
+        raise BoothError(f"{label} is broken: {broken} holds NaN or infinite values, which would turn every image "
+                         "it touches black or into noise. Re-download or re-train it.")
     has_second_encoder = any(k.startswith(("text_encoder_2.", "text_encoders.clip_g.", "lora_te2_")) for k in tensors)
     peft_settings = _peft_settings(meta)
     grouped: dict[str, dict[str, torch.Tensor]] = {}
