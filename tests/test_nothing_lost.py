@@ -94,6 +94,19 @@ class StopAtOnce(Progress):
         return True
 
 
+class StopAfterOneStep(Progress):
+    """Ctrl-C or Cancel during the first step."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step(self, step: int, total: int, loss: float, lr: float) -> None:
+        self.steps = step
+
+    def should_stop(self) -> bool:
+        return self.steps >= 1
+
+
 def test_stop_before_the_first_step_keeps_the_existing_output(tmp_path, images, tiny_checkpoint):
     run = config(tmp_path, tiny_checkpoint("sd15"))
     first = train(run)
@@ -209,18 +222,41 @@ def test_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path,
     assert list(tmp_path.rglob("*booth-lock*")) == []  # the killed run's lock files were taken over and removed
 
 
+# ---- 6. a resume continues only on the model and images it was trained on ---------------------------
+
+@pytest.mark.parametrize("change, named", [
+    ("base", "the base model is not the one it was trained from"),
+    ("image", "the training images or captions differ (encoded pictures then: 2 instance; now: 2 instance)"),
+    ("caption", "the training images or captions differ"),
+])
+def test_resume_on_other_inputs_is_refused_naming_what_changed(change, named, tmp_path, images, tiny_checkpoint):
+    from trainers.checkpoint.test_models import make_test_checkpoint
+
+    base = tmp_path / "base.safetensors"
+    base.write_bytes(tiny_checkpoint("sd15").read_bytes())
+    run = config(tmp_path, base, "steps=3")
+    assert train(run, StopAfterOneStep()).steps == 1
+    if change == "base":  # another model under the same name
+        make_test_checkpoint("sd15", base, variant="tiny", seed=7)
+    elif change == "image":
+        Image.new("RGB", (64, 64), (200, 0, 0)).save(images / "1.png")
+    else:
+        (images / "1.txt").write_text("a photo of something else")
+    with pytest.raises(BoothError) as error:
+        train(run, resume=True)
+    message = str(error.value)
+    assert message.startswith(f"Cannot resume from {tmp_path / 'run' / 'state.pt'}: ") and named in message
+    assert message.endswith("Resume with the inputs it was trained on, or start a new run in another output_dir.")
+    assert load_state(tmp_path / "run" / "state.pt")["step"] == 1
+
+
+def test_resume_on_the_same_inputs_continues(tmp_path, images, tiny_checkpoint):
+    run = config(tmp_path, tiny_checkpoint("sd15"), "steps=2")
+    train(run, StopAfterOneStep())
+    assert train(run, resume=True).steps == 2
+
+
 # ---- 7. a run that cannot be resumed does not leave a "resumable" state -------------------------------
-
-class StopAfterOneStep(Progress):
-    def __init__(self) -> None:
-        self.steps = 0
-
-    def on_step(self, step: int, total: int, loss: float, lr: float) -> None:
-        self.steps = step
-
-    def should_stop(self) -> bool:
-        return self.steps >= 1
-
 
 def test_node_runs_keep_no_state_they_cannot_resume(tmp_path, images, tiny_checkpoint):
     """The ComfyUI nodes train with resumable=False (nodes/train.py): Cancel keeps the LoRA of the

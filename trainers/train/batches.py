@@ -26,6 +26,7 @@ class EncodedSet:
     latents: list[torch.Tensor]
     captions: list[str]
     name: str = "instance"
+    content: str = ""  # digest of the pixels, captions and repeats encoded (a resume checks it)
     _epochs: dict[tuple, list[list[int]]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:

@@ -58,11 +58,13 @@ class LatentEncoder:
     def __init__(self, vae, folder: str | Path, vae_id: str, device: torch.device) -> None:
         self.vae, self.folder, self.vae_id, self.device = vae, Path(folder), vae_id, device
         self.encoded = 0  # cache misses so far
+        self.last_key = ""
         self._home: torch.device | None = None
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        file = self.folder / f"{_latent_key(pixels, self.vae_id)}.safetensors"
+        self.last_key = _latent_key(pixels, self.vae_id)  # names the exact pixels (see identity.py)
+        file = self.folder / f"{self.last_key}.safetensors"
         if file.is_file():
             return load_tensors(file)[0]["latent"]
         weight = next(self.vae.parameters())

@@ -27,6 +27,7 @@ from .noise import diffusion_loss, min_snr_weights, sample_noise, sample_timeste
 from .optim import make_lr_schedule, make_optimizer
 from .ema import unet_average
 from .faults import out_of_memory_advice
+from .identity import data_identity, model_identity
 from .prepare import (PreparedData, freeze_text_encoders, load_base, place_for_training, prepare_data, sample_images,
                       settle_dtypes)
 from .recipes import RECIPES, trainable_parameters
@@ -64,6 +65,7 @@ def _train(config: TrainConfig, progress: Progress, components: SDComponents | N
     clock = _Clock(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), out_of_memory_advice(config, device):
         components = components if components is not None else load_base(config, progress)
+        model_id = model_identity(components)  # before anything trains or changes dtype
         recipe = RECIPES[config.method]
         text_steps = recipe.text_encoder_steps(config)
         trains_text = text_steps != 0
@@ -76,7 +78,8 @@ def _train(config: TrainConfig, progress: Progress, components: SDComponents | N
         state = TrainingState(params, optimizer,
                               make_lr_schedule(optimizer, config.lr_scheduler, config.warmup_steps, config.steps),
                               precision.make_scaler(),
-                              unet_average(params, config.dreambooth.use_ema, config.dreambooth.ema_decay))
+                              unet_average(params, config.dreambooth.use_ema, config.dreambooth.ema_decay),
+                              inputs={"model": model_id, **data_identity(data.instance, data.prior)})
         step = start = state.resume(resume, config, progress)
         runner = _StepRunner(components, config, data, device, precision, trains_text, list(state.params.values()))
 

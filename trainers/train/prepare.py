@@ -8,6 +8,7 @@ each encoded once; training then draws among them.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -105,19 +106,21 @@ def _encode(items, config: TrainConfig, encoder: LatentEncoder, name: str, progr
                               crop=data.crop, flip=False, buckets=data.buckets, seed=config.seed)
     latents, captions = [], []
     before, distinct = encoder.encoded, 0
+    content = hashlib.blake2b(digest_size=12)
     for variant in range(RANDOM_CROP_VARIANTS if data.crop == "random" else 1):
         dataset.set_epoch(variant)
         for index in range(len(dataset)):
             sample = dataset[index]
             for pixels in (sample["pixels"], sample["pixels"].flip(-1)) if data.flip else (sample["pixels"],):
                 latent = encoder(pixels)
+                content.update(f"{encoder.last_key}:{items[index].repeats}:{sample['caption']}\n".encode())
                 distinct += 1
                 latents += [latent] * items[index].repeats
                 captions += [sample["caption"]] * items[index].repeats
     fresh = encoder.encoded - before
     progress.on_message(f"{name} images: {len(items)}, {distinct} latents ({fresh} newly encoded, "
                         f"{distinct - fresh} from the cache)")
-    return EncodedSet(latents, captions, name)
+    return EncodedSet(latents, captions, name, content.hexdigest())
 
 
 def settle_dtypes(components: SDComponents, precision: Precision, trains_base_weights: bool,

@@ -19,6 +19,7 @@ import yaml
 from ..config import TrainConfig, config_to_dict, dump_config
 from ..errors import BoothError
 from ..files import atomic_write
+from .identity import check_same_inputs
 
 STATE_FILE = "state.pt"
 FORMAT = 1
@@ -41,6 +42,7 @@ class TrainingState:
     scaler: Any
     ema: Any = None
     history: list[dict] = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)  # fingerprints of the model and data (see identity.py)
 
     def save(self, config: TrainConfig, step: int, path: Path | None = None) -> Path:
         """Write the state to ``path`` (default: the run's own, ``<output_dir>/state.pt``)."""
@@ -50,7 +52,7 @@ class TrainingState:
             "params": {name: p.detach().to("cpu", copy=True) for name, p in self.params.items()},
             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "ema": self.ema.state_dict() if self.ema is not None else {}, "inputs": self.inputs,
         }
         return atomic_write(path or state_path(config), lambda tmp: torch.save(state, tmp))
 
@@ -64,6 +66,7 @@ class TrainingState:
             return 0
         state = load_state(file)
         check_compatible(state, config, file)
+        check_same_inputs(state.get("inputs"), self.inputs, file)
         restore(state, self.params, self.optimizer, self.schedule, self.scaler, self.ema)
         self.history[:] = state["losses"]
         progress.on_message(f"resumed from {file} at step {state['step']}")
