@@ -196,6 +196,8 @@ def checked(lora: LoraFile, fit: Fit, family: str, skip_unknown: bool) -> Fit:
     """``fit``, or the refusal it calls for (see :func:`check_fit`)."""
     if fit.misfit:
         raise refuse_misfit(lora, family, f"First mismatching module: {fit.misfit}.")
+    if lora.lora.claimed_family not in (None, family):  # shapes can agree by chance (SD1.x and SD2.x self-attention)
+        raise refuse_misfit(lora, family, "Its metadata names the model it was made for.")
     claimed = lora.lora.family
     if fit.unmatched and claimed is not None and claimed != family:  # never merge part of another model's LoRA
         raise refuse_misfit(lora, family, f"First mismatching module: {fit.unmatched[0]} names no layer of this "

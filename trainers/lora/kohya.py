@@ -71,13 +71,20 @@ class LoraWeights:
     name: str = "The LoRA"
 
     @property
-    def family(self) -> str | None:
-        """The model family the LoRA was made for, from its metadata or, failing that, its names and widths."""
+    def claimed_family(self) -> str | None:
+        """The model family the LoRA's metadata names, if it names one."""
         version = self.metadata.get("ss_base_model_version", "")
         base_model = self.metadata.get("modelspec.architecture", "").split("/")[0]
         for family, spec in FAMILIES.items():
             if version == spec.kohya_base_version or base_model.startswith(spec.modelspec_architecture):
                 return family
+        return None
+
+    @property
+    def family(self) -> str | None:
+        """The model family the LoRA was made for, from its metadata or, failing that, its names and widths."""
+        if self.claimed_family is not None:
+            return self.claimed_family
         if any(name.startswith(("lora_te1_", "lora_te2_")) for name in self.modules):
             return "sdxl"
         for name, module in self.modules.items():
