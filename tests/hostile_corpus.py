@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 PROMPT = "a photo of sks star"
@@ -29,6 +30,7 @@ CLASSES = {
     "traceback": "an input a user can fix that used to end in a stack trace",
     "message": "a misleading message",
     "non-finite": "NaN or infinite weights in or out",
+    "smaller": "captions, damaged images found late, a LoRA for another model",
 }
 
 
@@ -58,9 +60,12 @@ def _images(folder: Path, count: int = 2) -> Path:
 
 
 def _changed(source: Path, target: Path, change) -> Path:
+    """A copy of ``source`` (metadata kept) with ``change`` applied to its tensors."""
     tensors = load_file(str(source))
+    with safe_open(str(source), "pt") as handle:
+        metadata = handle.metadata()
     change(tensors)
-    save_file(tensors, str(target))  # safetensors itself: no Booth guard in the way
+    save_file(tensors, str(target), metadata=metadata)  # safetensors itself: no Booth guard in the way
     return target
 
 
@@ -68,9 +73,9 @@ def _first(tensors: dict[str, torch.Tensor], ending: str, prefix: str = "") -> s
     return next(k for k in sorted(tensors) if k.endswith(ending) and k.startswith(prefix))
 
 
-def build(root: Path, base: Path, lora: Path) -> list[Case]:
+def build(root: Path, base: Path, lora: Path, sd2: Path) -> list[Case]:
     """Write the corpus's files under ``root`` and return its cases. ``base``: a tiny SD1.5
-    checkpoint; ``lora``: a LoRA for it (random, non-zero factors)."""
+    checkpoint; ``lora``: a LoRA for it (random, non-zero factors); ``sd2``: a tiny SD2 checkpoint."""
     root.mkdir(parents=True, exist_ok=True)
     images = _images(root / "images")
     run = ["--instance-prompt", PROMPT, "--steps", "1", "--resolution", "64", "--rank", "4", "--set",
@@ -195,6 +200,27 @@ def build(root: Path, base: Path, lora: Path) -> list[Case]:
         Case("train on a base with infinite weights", "non-finite", train(base_file=nan_base),
              ["nan base.safetensors is broken: UNet weight", "Re-download it or choose another model"]),
     ]
+
+    # smaller: captions, every damaged image at once before loading, a LoRA that names another model
+    binary_caption = _images(root / "binary caption", 2)
+    (binary_caption / "0.txt").write_bytes(b"a photo\x00\x01\x02 of sks")
+    damaged = _images(root / "damaged", 3)
+    for name in ("0.png", "1.png"):
+        data = (damaged / name).read_bytes()
+        (damaged / name).write_bytes(data[: len(data) * 2 // 3])
+    self_attention = _changed(lora, root / "sd15 self-attention.safetensors",
+                              lambda t: [t.pop(k) for k in list(t) if "attn1" not in k])
+    cases += [
+        Case("binary .txt caption", "smaller", train(images_dir=binary_caption),
+             ["Caption file", "0.txt is not text (it holds control bytes such as NUL)"]),
+        Case("two damaged images, listed before loading", "smaller",
+             train(images_dir=damaged, base_file=root / "not loaded.safetensors"),
+             ["2 unusable image(s) in", "0.png is truncated or corrupt", "1.png is truncated or corrupt"]),
+        Case("SD1.5 LoRA baked into SD2", "smaller", ["merge", "--base", str(sd2), "--lora", str(self_attention),
+                                                      "--out", out],
+             ["is a LoRA for Stable Diffusion 1.x, the model is Stable Diffusion 2.x",
+              "Its metadata names the model it was made for"]),
+    ]
     return cases
 
 
@@ -229,7 +255,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         base = make_test_checkpoint("sd15", root / "base.safetensors", variant="tiny", seed=1)
-        cases = [c for c in build(root / "corpus", base, make_lora(base, root / "lora.safetensors"))
+        sd2 = make_test_checkpoint("sd2", root / "sd2.safetensors", variant="tiny", seed=1)
+        cases = [c for c in build(root / "corpus", base, make_lora(base, root / "lora.safetensors"), sd2)
                  if os.name == "posix" or not c.posix_bytes]
     counts = Counter(case.kind for case in cases)
     for kind, meaning in CLASSES.items():

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def corpus(tmp_path_factory, tiny_checkpoint):
     folder = tmp_path_factory.mktemp("hostile")
     base = tiny_checkpoint("sd15")
-    return {case.name: case for case in build(folder / "corpus", base, make_lora(base, folder / "lora.safetensors"))}
+    lora = make_lora(base, folder / "lora.safetensors")
+    return {case.name: case for case in build(folder / "corpus", base, lora, tiny_checkpoint("sd2"))}
 
 
 def _names() -> list[str]:
@@ -99,3 +100,57 @@ def test_node_output_name_over_255_bytes_is_a_widget_message(pack, tmp_path):
     with pytest.raises(bridge.BoothError, match=r"lora_name: the name x+\.\.\. is 260 bytes long; at most 241 fit"):
         bridge.safe_output_path(tmp_path, "x" * 248, ".safetensors", True, "lora_name")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_uppercase_txt_caption_is_read(tmp_path):
+    from hostile_corpus import _images
+    from trainers.data import scan_image_folder
+
+    images = _images(tmp_path / "images")
+    (images / "0.TXT").write_text("a photo of sks star on grass")
+    items = scan_image_folder(images, instance_prompt="a photo of sks star").items
+    assert [item.caption for item in items] == ["a photo of sks star on grass", "a photo of sks star"]
+
+
+def test_a_run_clears_the_temporaries_of_its_killed_saves(tmp_path, tiny_checkpoint, capsys):
+    """Hidden temporaries a kill -9 left beside the output and in the work folder go at the next
+    start (the run's lock proves no one is writing them); the shared cache's are left alone."""
+    from hostile_corpus import PROMPT, _images
+
+    images, run, cache = _images(tmp_path / "images"), tmp_path / "run", tmp_path / "cache"
+    stale = [run / ".lora.safetensors.k1ll3d00.tmp", run / ".state.pt.abcdefgh.tmp",
+             run / "snapshots" / ".lora-step000002.safetensors.x.tmp"]
+    kept = cache / "latents" / ".0123.safetensors.zzzzzzzz.tmp"
+    for path in (*stale, kept):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    code = main(["train", "--method", "lora", "--base", str(tiny_checkpoint("sd15")), "--images", str(images),
+                 "--instance-prompt", PROMPT, "--steps", "1", "--resolution", "64", "--rank", "4",
+                 "--output-dir", str(run), "--set", "mixed_precision=no", "--set", f"cache_dir={cache}"])
+    assert code == 0 and "removed 3 temporary file(s) left by an interrupted save" in capsys.readouterr().out
+    assert not any(path.exists() for path in stale) and kept.exists()
+
+
+def test_ctrl_c_during_loading_or_encoding_writes_nothing(tmp_path, tiny_checkpoint):
+    """A real SIGINT to a real CLI run the moment it starts loading: the stop is honoured before the
+    first step, and an existing output (replaced only by a trained result) keeps its bytes."""
+    from hostile_corpus import PROMPT, _images
+
+    images, out = _images(tmp_path / "images"), tmp_path / "mine.safetensors"
+    out.write_bytes(b"my earlier LoRA")
+    command = [sys.executable, "-m", "trainers", "train", "--method", "lora", "--base", str(tiny_checkpoint("sd15")),
+               "--images", str(images), "--instance-prompt", PROMPT, "--steps", "5", "--resolution", "64",
+               "--rank", "4", "--output-dir", str(tmp_path / "run"), "--out", str(out), "--overwrite",
+               "--set", "mixed_precision=no"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    lines = [process.stdout.readline()]
+    assert lines[0].startswith("loading "), lines
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=120)
+    output = "".join(lines) + rest
+    assert process.returncode == 0 and "Traceback" not in output, output
+    assert "stopped while encoding the instance images" in output and "nothing saved; " in output
+    assert "stopped before the first step: nothing was written" in output
+    assert out.read_bytes() == b"my earlier LoRA"
+    assert not (tmp_path / "run" / "state.pt").exists()

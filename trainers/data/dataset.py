@@ -88,7 +88,7 @@ def scan_image_folder(folder: str | os.PathLike, *, instance_prompt: str | None 
         raise BoothError(f"repeats is {repeats}; use 1 to {MAX_REPEATS:,}.")
     prompt = (instance_prompt or "").strip()
 
-    images: list[tuple[Path, int, str]] = []  # (path, repeats, folder caption)
+    images: list[tuple[Path, int, str, Path | None]] = []  # (path, repeats, folder caption, caption file)
     skipped: list[SkippedFile] = []
     _collect(root, repeats, "", images, skipped, allow_subfolders=True)
 
@@ -98,13 +98,14 @@ def scan_image_folder(folder: str | os.PathLike, *, instance_prompt: str | None 
                          "at the top level or in subfolders named like '10_sks dog'.")
 
     items, problems, uncaptioned = [], [], []
-    for path, count, folder_caption in images:
+    for path, count, folder_caption, caption_file in images:
         try:
             size = read_image_size(path)
+            load_image(path, min_short_side=MIN_SIDE)  # damaged pixel data shows now, not after the model loads
+            caption = (_read_caption(caption_file) if caption_file else "") or folder_caption or prompt
         except BoothError as error:
             problems.append(str(error))
             continue
-        caption = _read_caption(path.with_suffix(_CAPTION_SUFFIX)) or folder_caption or prompt
         if not is_text(caption):
             problems.append(f"{printable(path)}: its caption {printable(caption)!r} (from its folder's name) holds "
                             "bytes that are not UTF-8 text; rename the folder.")
@@ -292,6 +293,8 @@ def _collect(folder: Path, repeats: int, folder_caption: str, images: list, skip
     except OSError as exc:
         raise BoothError(f"Cannot list {folder}: {exc.strerror or exc}.") from None
     stems_with_images = {p.stem for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    captions = {p.stem: p for p in sorted(entries, key=lambda p: p.suffix == _CAPTION_SUFFIX)  # x.txt over x.TXT
+                if p.is_file() and p.suffix.lower() == _CAPTION_SUFFIX}
     for entry in entries:
         if entry.name.startswith("."):
             skipped.append(SkippedFile(entry, "hidden"))
@@ -307,7 +310,7 @@ def _collect(folder: Path, repeats: int, folder_caption: str, images: list, skip
                     else "nested folder (only one level of 'N_caption' folders is read)"
                 skipped.append(SkippedFile(entry, why))
         elif entry.suffix.lower() in IMAGE_SUFFIXES:
-            images.append((entry, repeats, folder_caption))
+            images.append((entry, repeats, folder_caption, captions.get(entry.stem)))
         elif entry.suffix.lower() == _CAPTION_SUFFIX:
             if entry.stem not in stems_with_images:
                 skipped.append(SkippedFile(entry, "caption with no image of the same name"))
@@ -316,14 +319,13 @@ def _collect(folder: Path, repeats: int, folder_caption: str, images: list, skip
 
 
 def _read_caption(path: Path) -> str:
-    """A sidecar caption's text with whitespace collapsed, or '' if there is none.
+    """A sidecar caption's text with whitespace collapsed ('' if empty).
 
     Editors save captions in whatever encoding the system uses: UTF-8 (with or without BOM) and
     UTF-16 with BOM are recognised, anything else is read as Windows-1252 and then Latin-1, which
-    cannot fail, so an odd encoding costs an accent at worst, never the run.
+    cannot fail, so an odd encoding costs an accent at worst, never the run. A file holding control
+    bytes (NUL and the like) is not text: it is refused rather than trained on as a caption.
     """
-    if not path.is_file():
-        return ""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -331,10 +333,16 @@ def _read_caption(path: Path) -> str:
     encodings = ("utf-16",) if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ("utf-8-sig", "cp1252", "latin-1")
     for encoding in encodings:
         try:
-            return " ".join(raw.decode(encoding).split())
+            text = raw.decode(encoding)
+            break
         except UnicodeDecodeError:
             continue
-    return ""
+    else:
+        text = "\0"
+    if any(ord(ch) < 32 and not ch.isspace() for ch in text):
+        raise BoothError(f"Caption file {path} is not text (it holds control bytes such as NUL); write the caption "
+                         "as plain text or remove the file.")
+    return " ".join(text.split())
 
 
 def _source_size(source: Path | Image.Image) -> Size:

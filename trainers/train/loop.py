@@ -28,12 +28,12 @@ from .optim import make_lr_schedule, make_optimizer
 from .ema import unet_average
 from .faults import out_of_memory_advice
 from .identity import data_identity, model_identity
-from .prepare import (PreparedData, freeze_text_encoders, load_base, place_for_training, prepare_data, sample_images,
-                      settle_dtypes)
+from .prepare import (PreparedData, StoppedEarly, freeze_text_encoders, instance_items, load_base, place_for_training,
+                      prepare_data, sample_images, settle_dtypes)
 from .recipes import RECIPES, trainable_parameters
 from .record import TrainResult, snapshot_path, training_metadata, write_loss_log
 from .runtime import choose_device, choose_precision, peak_memory_bytes, reset_peak_memory
-from .paths import check_run_paths
+from .paths import check_run_paths, remove_stale_temporaries
 from .state import TrainingState, refuse_non_finite, state_path
 
 
@@ -51,9 +51,14 @@ def train(config: TrainConfig, progress: Progress | None = None, components: SDC
     anything the user can fix, before the model loads where it can be known then.
     """
     config = config.validate().resolved()
+    progress = progress or Progress()
     check_run_paths(config, overwrite=overwrite, resume=resume)
     with exclusive([Path(config.output), Path(config.output_dir)], "training run"):
-        return _train(config, progress or Progress(), components, resume, instance_images, resumable)
+        stale = remove_stale_temporaries(config)
+        if stale:
+            progress.on_message(f"removed {len(stale)} temporary file(s) left by an interrupted save (first: "
+                                f"{stale[0]})")
+        return _train(config, progress, components, resume, instance_images, resumable)
 
 
 def _train(config: TrainConfig, progress: Progress, components: SDComponents | None, resume: bool | str | Path,
@@ -64,13 +69,17 @@ def _train(config: TrainConfig, progress: Progress, components: SDComponents | N
         progress.on_message(precision.note)
     clock = _Clock(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), out_of_memory_advice(config, device):
+        items = instance_items(config, instance_images)
         components = components if components is not None else load_base(config, progress)
         model_id = model_identity(components)  # before anything trains or changes dtype
         recipe = RECIPES[config.method]
         text_steps = recipe.text_encoder_steps(config)
         trains_text = text_steps != 0
         settle_dtypes(components, precision, recipe.trains_base_weights, trains_text)
-        data = prepare_data(components, config, device, progress, instance_images, trains_text)
+        try:
+            data = prepare_data(components, config, device, progress, items, trains_text)
+        except StoppedEarly as stop:
+            return _nothing_saved(config, progress, clock, components, f"stopped {stop}", 0, [])
         groups = recipe.prepare(components, config)
         place_for_training(components, config, device, trains_text)
         optimizer = make_optimizer(groups, config.optimizer, config.weight_decay, device)
@@ -109,11 +118,8 @@ def _train(config: TrainConfig, progress: Progress, components: SDComponents | N
                         snapshots.append(save_result(snapshot_path(config, step)))
             optimizer.zero_grad(set_to_none=True)  # the last gradients are not saved; free them (GBs for a full UNet)
             if stopped and step == start:  # nothing new: keep every file as it was (never an untrained result)
-                progress.on_message(f"stopped before the first step of this run; nothing saved"
-                                    f"{f', {config.output} kept as it was' if Path(config.output).exists() else ''}")
-                return TrainResult(None, [row["loss"] for row in state.history], step, clock.seconds(), clock.peak(),
-                                   components, samples, stopped, None, config, state.history, data.class_folder,
-                                   data.class_images_generated, snapshots)
+                return _nothing_saved(config, progress, clock, components, "stopped before the first step of this run",
+                                      step, state.history)
             if stopped:
                 progress.on_message(f"stopping at step {step} as requested; saving")
             saved_state = state.save(config, step) if (stopped and resumable) or config.save_every else None
@@ -132,6 +138,15 @@ def _train(config: TrainConfig, progress: Progress, components: SDComponents | N
     return TrainResult(output, [row["loss"] for row in state.history], step, clock.seconds(), clock.peak(),
                        components, samples, stopped, saved_state, config, state.history, data.class_folder,
                        data.class_images_generated, snapshots)
+
+
+def _nothing_saved(config: TrainConfig, progress: Progress, clock: "_Clock", components: SDComponents, why: str,
+                   step: int, history: list[dict]) -> TrainResult:
+    """The result of a run stopped before it trained anything: no file written or replaced (output None)."""
+    kept = f"; {config.output} kept as it was" if Path(config.output).exists() else ""
+    progress.on_message(f"{why}: nothing saved{kept}")
+    return TrainResult(None, [row["loss"] for row in history], step, clock.seconds(), clock.peak(), components,
+                       stopped=True, config=config, history=history)
 
 
 def _unsaved(error: OSError, state: TrainingState, config: TrainConfig, step: int,

@@ -64,3 +64,15 @@ def _check_not_in_images(config: TrainConfig) -> None:
             raise BoothError(f"{name} {folder} is read as part of the instance images folder {images}: Booth's own "
                              f"pictures written there would be trained on as your subject. Choose another folder "
                              f"for {name}.")
+
+
+def remove_stale_temporaries(config: TrainConfig) -> list[Path]:
+    """Delete the hidden temporaries that killed saves of this run's files left behind (``.name.*.tmp``
+    beside the output, anywhere in the work folder but its cache). Call while holding the run's lock:
+    then no live writer can own them. Returns what was removed."""
+    output, work, cache = Path(config.output), Path(config.output_dir), Path(config.cache_dir).resolve()
+    found = list(dict.fromkeys([*output.parent.glob(f".{output.name}.*.tmp"),
+                                *(p for p in work.rglob(".*.tmp") if cache not in p.resolve().parents)]))
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
