@@ -174,7 +174,9 @@ def _train_copy(config: TrainConfig, progress: comfy_bridge.ComfyProgress, model
                 dataset: InstanceImages, overwrite: bool) -> GraphRun:
     """Its own frame, so the model copy (GBs) is freed as soon as it returns."""
     from ..trainers.train import train
+    from ..trainers.train.paths import check_run_paths
 
+    check_run_paths(config.resolved(), overwrite=overwrite, resume=False)  # before copying the model (GBs)
     components = comfy_bridge.graph_components(model, clip, vae)
     result = train(config, progress, components=components, instance_images=dataset.images, overwrite=overwrite,
                    resumable=False)

@@ -105,6 +105,9 @@ def build(root: Path, base: Path, lora: Path, sd2: Path) -> list[Case]:
         Case("class images through a file", "traceback",
              train("--class-prompt", "a star", "--class-images", str(a_file / "c")),
              [f"{a_file} is a file. Choose a folder path."]),
+        Case("merge --out through a file", "traceback",
+             ["merge", "--lora", str(lora), "--out", str(a_file / "x.safetensors")],
+             [f"{a_file} is a file. Choose a folder path."]),
         Case("--out name over 255 bytes", "traceback", train("--out", str(root / ("n" * 250 + ".safetensors"))),
              ["output: the name nnnn", "is 262 bytes long; at most 241 fit"]),
         # memory

@@ -96,6 +96,17 @@ def refuse_non_finite_tensors(tensors: dict[str, torch.Tensor], path: str | os.P
                              "save as fp32; if an input holds such values, that input is broken.")
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same resolved path (through links), or the same inode (hard links)."""
+    first, second = Path(a), Path(b)
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # either does not exist (yet)
+        return False
+
+
 def check_output_file(path: str | os.PathLike, what: str = "Output") -> Path:
     """Refuse, before any work, an output that cannot be written: a folder, a name too long for
     the file system (with the hidden temporary's extra characters), or a folder Booth cannot write.

@@ -86,19 +86,23 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _refuse_existing(out: Path, overwrite: bool) -> None:
-    """Before minutes of work, not after."""
+    """Before minutes of work, not after: an existing output, or one that could not be written."""
+    from .files import check_output_file
+
     if out.exists() and not overwrite:
         raise BoothError(f"Output {out} already exists; choose another name or pass --overwrite.")
+    check_output_file(out)
 
 
 def cmd_resize(args: argparse.Namespace) -> int:
     from .checkpoint.writer import parse_dtype
+    from .files import same_file
     from .lora.layouts import save_lora_file
     from .lora.toolbox import resize_lora
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
-    if Path(args.lora).resolve() == out.resolve():
+    if same_file(args.lora, out):
         raise BoothError(f"Output {out} is the input; choose another output name.")
     result = resize_lora(args.lora, rank=args.rank, keep=args.keep)
     save_lora_file(result.lora, out, dtype=parse_dtype(args.dtype), overwrite=args.overwrite)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BoothError
-from ..files import load_tensors, save_tensors
+from ..files import check_output_file, load_tensors, same_file, save_tensors
 from .families import detect
 
 
@@ -20,8 +20,9 @@ def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike, *, 
         raise BoothError(f"Output {dst} must end in .safetensors (pickled formats are never written).")
     if dst.exists() and not overwrite:
         raise BoothError(f"Output {dst} already exists; choose another name or pass --overwrite.")
-    if dst.resolve() == src.resolve():
+    if same_file(dst, src):
         raise BoothError("Output and input are the same file; choose another output name.")
+    check_output_file(dst)
     tensors, metadata = load_tensors(src)
     detect(tensors, str(src), metadata)  # refuse LoRAs, VAEs and unsupported families with a clear message
     if drop_ema:

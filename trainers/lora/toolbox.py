@@ -21,7 +21,7 @@ from ..checkpoint.families import FAMILIES
 from ..checkpoint.loader import load_components
 from ..checkpoint.writer import save_checkpoint
 from ..errors import BoothError
-from ..files import read_safetensors_header, require_file
+from ..files import check_output_file, read_safetensors_header, require_file, same_file
 from .apply import _core_shape, apply_lora
 from .fit import (Architecture, Fit, check_architecture, check_fit, family_label, find_architecture, listed,
                   match_architecture)
@@ -135,10 +135,11 @@ def bake_into_components(components: SDComponents, choices: list[LoraChoice], *,
 def _check_output(out: Path, overwrite: bool, *inputs: str | os.PathLike) -> None:
     if out.suffix.lower() != ".safetensors":
         raise BoothError(f"Output {out} must end in .safetensors.")
-    if any(Path(source).resolve() == out.resolve() for source in inputs):
+    if any(same_file(source, out) for source in inputs):
         raise BoothError(f"Output {out} is one of the inputs; choose another output name.")
     if out.exists() and not overwrite:
         raise BoothError(f"Output {out} already exists; choose another name or pass --overwrite.")
+    check_output_file(out)
 
 
 def _file_name(source: str | os.PathLike | LoraFile) -> str:

@@ -8,25 +8,13 @@ The command line and the ComfyUI nodes both train through :func:`trainers.train.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import BoothError
-from ..files import check_file_name, check_output_file, check_writable_folder
+from ..files import check_file_name, check_output_file, check_writable_folder, same_file
 from ..data.dataset import folder_is_read
 from .state import state_path
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two paths name one file: the same resolved path (through links), or the same inode (hard links)."""
-    first, second = Path(a), Path(b)
-    if first.resolve() == second.resolve():
-        return True
-    try:
-        return os.path.samefile(first, second)
-    except OSError:  # either does not exist (yet)
-        return False
 
 
 def check_run_paths(config: TrainConfig, *, overwrite: bool, resume: object) -> None:
