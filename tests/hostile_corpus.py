@@ -42,6 +42,7 @@ class Case:
     expect: list[str]  # pieces of the one error line
     code: int = 2
     posix_bytes: bool = False  # needs non-UTF-8 file names (POSIX file systems)
+    permissions: bool = False  # needs file permissions that bind (not root)
     untouched: list[Path] = field(default_factory=list)  # files whose bytes must not change
 
 
@@ -136,7 +137,21 @@ def build(root: Path, base: Path, lora: Path, sd2: Path) -> list[Case]:
     binary.write_bytes(bytes(range(256)))
     section = root / "section.yaml"
     section.write_text("lora: [8]\n")
+    unreadable = {name: root / name for name in ("unreadable.safetensors", "unreadable lora.safetensors",
+                                                 "unreadable.yaml")}
+    unreadable["unreadable.safetensors"].write_bytes(base.read_bytes())
+    unreadable["unreadable lora.safetensors"].write_bytes(lora.read_bytes())
+    unreadable["unreadable.yaml"].write_text("steps: 1\n")
+    for path in unreadable.values():
+        path.chmod(0)
     cases += [
+        Case("mode-000 checkpoint", "traceback", train(base_file=unreadable["unreadable.safetensors"]),
+             ["unreadable.safetensors cannot be read: permission denied"], permissions=True),
+        Case("mode-000 LoRA", "traceback", ["merge", "--lora", str(unreadable["unreadable lora.safetensors"]),
+                                            "--out", str(root / "out.safetensors")],
+             ["unreadable lora.safetensors cannot be read: permission denied"], permissions=True),
+        Case("mode-000 YAML", "traceback", ["train", str(unreadable["unreadable.yaml"])],
+             ["unreadable.yaml cannot be read: Permission denied"], permissions=True),
         Case("int32 weight in a checkpoint", "traceback", train(base_file=int32),
              ["int32 weight.safetensors is damaged: UNet weight", "is stored as int32"]),
         Case("string offsets in a header", "traceback",

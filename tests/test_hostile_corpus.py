@@ -51,6 +51,8 @@ def test_hostile_input_gets_one_clear_line(name, corpus, capsys):
     if name not in corpus:
         pytest.skip("needs non-UTF-8 file names (POSIX)")
     case = corpus[name]
+    if case.permissions and (os.name != "posix" or os.geteuid() == 0):
+        pytest.skip("file permissions do not bind root")
     before = {path: path.read_bytes() for path in case.untouched}
     code = main(case.argv)
     err = capsys.readouterr().err
