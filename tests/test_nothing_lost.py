@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,43 @@ def test_failed_final_save_keeps_the_trained_weights_and_says_where(tmp_path, im
                     "--steps", "2", "--learning-rate", "1e-3", "--set", "save_dtype=fp32", "--resume"))
     assert code == 0 and "(0 in this run)" in capsys.readouterr().out
     assert load_tensors(out_folder / "mine.safetensors")[1]["booth.steps"] == "2"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 64 KiB file system (tmpfs), filled to 8 KiB free; skipped where it cannot be mounted."""
+    mount = tmp_path / "small disk"
+    mount.mkdir()
+    if os.name != "posix" or os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("needs root and tmpfs to make a small disk")
+    try:
+        (mount / "fill").write_bytes(bytes(56 * 1024))
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_at_the_final_save_keeps_the_weights(tmp_path, images, tiny_checkpoint, small_disk, capsys):
+    """Room to start (the check writes a byte) but not for the LoRA: safetensors' own write error
+    becomes the rescue, not a stack trace; after freeing space, --resume saves without training."""
+    out = small_disk / "mine.safetensors"
+    args = cli(tiny_checkpoint("sd15"), images, tmp_path / "run", "--out", str(out), "--steps", "2")
+    code, err = run_cli(args, capsys)
+    assert code == 2 and f"error: Could not write {out} (No space left on device). The 2 trained steps are kept " \
+                         f"in {tmp_path / 'run' / 'state.pt'}" in err, err
+    assert [p.name for p in small_disk.iterdir()] == ["fill"]
+    (small_disk / "fill").unlink()
+    assert main(args + ["--resume"]) == 0 and "(0 in this run)" in capsys.readouterr().out
+    assert load_tensors(out)[1]["booth.steps"] == "2"
+
+
+def test_a_full_disk_is_named_before_loading(tmp_path, images, small_disk, capsys):
+    (small_disk / "more").write_bytes(bytes(8 * 1024))  # not a byte left
+    code, err = run_cli(cli(tmp_path / "not loaded.safetensors", images, tmp_path / "run",
+                            "--out", str(small_disk / "mine.safetensors")), capsys)
+    assert code == 2 and f"Cannot write to {small_disk} (the folder of output mine.safetensors): No space left " \
+                         "on device." in err, err
 
 
 # ---- 4. the command line replaces an existing LoRA only when asked ----------------------------------

@@ -81,7 +81,28 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     refuse_non_finite_tensors(tensors, path)
     contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    return atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=meta))
+    return atomic_write(path, lambda tmp: _save_safetensors(contiguous, tmp, meta))
+
+
+def save_torch(value: object, path: str | os.PathLike) -> Path:
+    """``torch.save`` atomically, through a Python file so that a full disk raises OSError (given a
+    path, torch reports it as an opaque RuntimeError)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(value, handle)
+
+    return atomic_write(path, write)
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], tmp: Path, metadata: dict[str, str]) -> None:
+    """safetensors reports a failed write (a full disk) as its own error type; make it the OSError it is."""
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+    except Exception as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp)) from None
 
 
 def refuse_non_finite_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
@@ -137,8 +158,9 @@ def check_writable_folder(folder: str | os.PathLike, what: str) -> Path:
         raise BoothError(f"Cannot use {path} as {what}: {blocker} is a file. Choose a folder path.")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        with tempfile.TemporaryFile(dir=path) as probe:  # a byte, so a full disk shows too
+            probe.write(b"0")
+            probe.flush()
     except OSError as exc:
         raise BoothError(f"Cannot write to {path} ({what}): {exc.strerror or exc}. Choose a folder you can "
                          "write to, or free space there.") from None

@@ -153,7 +153,8 @@ def _unsaved(error: OSError, state: TrainingState, config: TrainConfig, step: in
              saved_state: Path | None) -> BoothError:
     """The result could not be written: keep the trained weights as a resumable state (in the work
     folder, else in the system's temporary folder) and say where, so hours of training are not lost."""
-    reason = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+    shown = error.filename and not str(error.filename).endswith(".tmp")  # the hidden temporary says nothing
+    reason = f"{error.strerror or error}" + (f": {error.filename}" if shown else "")
     kept = saved_state
     for place in (None, Path(tempfile.gettempdir()) / f"booth-{Path(config.output).stem}-{os.getpid()}-state.pt"):
         if kept is not None:

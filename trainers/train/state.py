@@ -18,7 +18,7 @@ import yaml
 
 from ..config import TrainConfig, config_to_dict, dump_config
 from ..errors import BoothError
-from ..files import atomic_write
+from ..files import save_torch
 from .identity import check_same_inputs
 
 STATE_FILE = "state.pt"
@@ -54,7 +54,7 @@ class TrainingState:
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "ema": self.ema.state_dict() if self.ema is not None else {}, "inputs": self.inputs,
         }
-        return atomic_write(path or state_path(config), lambda tmp: torch.save(state, tmp))
+        return save_torch(state, path or state_path(config))
 
     def resume(self, resume: bool | str | os.PathLike | None, config: TrainConfig, progress) -> int:
         """Load the state ``resume`` names (True: this run's own) and return its step; 0 if none."""
