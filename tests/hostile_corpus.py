@@ -86,6 +86,7 @@ def build(root: Path, base: Path, lora: Path, sd2: Path) -> list[Case]:
         return ["train", "--method", "lora", "--base", str(base_file), "--images", str(images_dir),
                 "--output-dir", str(root / "run"), *run, *extra]
 
+    samples = _images(root / "samples")
     a_file = root / "a file"
     a_file.write_text("not a folder")
     (root / "images.safetensors").mkdir()
@@ -99,6 +100,9 @@ def build(root: Path, base: Path, lora: Path, sd2: Path) -> list[Case]:
              ["is a folder; give a file name"]),
         Case("--output-dir is the images", "data loss", train("--output-dir", str(images)),
              ["is read as part of the instance images folder"]),
+        Case("previews written into the images", "data loss",
+             train("--output-dir", str(images.parent), "--set", "sample.every=1", images_dir=samples),
+             ["output_dir/samples (previews)", "is read as part of the instance images folder"]),
         Case("--output-dir through a file", "traceback", train("--output-dir", str(a_file / "run")),
              [f"{a_file} is a file. Choose a folder path."]),
         Case("cache_dir through a file", "traceback", train("--set", f"cache_dir={a_file / 'c'}"),

@@ -14,6 +14,7 @@ from ..config import TrainConfig
 from ..errors import BoothError
 from ..files import check_file_name, check_output_file, check_writable_folder, same_file
 from ..data.dataset import folder_is_read
+from .prepare import samples_folder
 from .state import state_path
 
 
@@ -45,6 +46,8 @@ def _check_not_in_images(config: TrainConfig) -> None:
         return
     images = Path(config.images)
     folders = {"output_dir": config.output_dir, "cache_dir": config.cache_dir}
+    if config.sample.every:
+        folders["output_dir/samples (previews)"] = str(samples_folder(config))
     if config.prior.enabled and config.prior.class_images:
         folders["prior.class_images"] = config.prior.class_images
     for name, folder in folders.items():

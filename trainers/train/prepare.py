@@ -208,4 +208,9 @@ def sample_images(components: SDComponents, config: TrainConfig, device: torch.d
     with on_device([components.vae, *components.text_encoders], device):
         images = generate(components, prompts, seed=config.seed, settings=settings, batch_size=len(prompts))
     progress.on_sample(step, images)
-    return save_images(images, Path(config.output_dir) / "samples", f"step_{step:06d}")
+    return save_images(images, samples_folder(config), f"step_{step:06d}")
+
+
+def samples_folder(config: TrainConfig) -> Path:
+    """Where preview images go: ``<output_dir>/samples``."""
+    return Path(config.output_dir) / "samples"
