@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import TrainConfig
+from ..data.dataset import folder_is_read
 from ..errors import BoothError
 from ..files import check_file_name, check_output_file, check_writable_folder, same_file
-from ..data.dataset import folder_is_read
 from .prepare import samples_folder
 from .state import state_path
 
@@ -21,7 +21,7 @@ from .state import state_path
 def check_run_paths(config: TrainConfig, *, overwrite: bool, resume: object) -> None:
     """Refuse, with one message each, an output that is an input, exists (unless ``overwrite``, or
     resuming with a saved state), is a folder or cannot be written, and work folders that are
-    files, unwritable, or inside the instance images. ``config`` must be resolved."""
+    files, unwritable, or read as instance images. ``config`` must be resolved."""
     output = Path(config.output)
     check_file_name(output.name, "output")
     if config.base and same_file(output, config.base):
