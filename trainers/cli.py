@@ -13,6 +13,7 @@ from .errors import BoothError
 from .evaluate.commands import add_commands as add_evaluate_commands
 from .formatting import format_size
 from .lora_commands import add_commands as add_lora_commands
+from .toyworld import DEMO_STEPS
 from .toyworld.commands import add_commands as add_toyworld_commands
 
 FAMILY_CHOICES = ("sd15", "sd2", "sdxl")
@@ -173,7 +174,7 @@ def _add_train_parser(verbs) -> None:
 
     p = verbs.add_parser("demo", help="teach the shipped toy-world model a new subject and compare (offline)")
     p.add_argument("--out-dir", default="outputs/demo")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=DEMO_STEPS)
     p.set_defaults(run=cmd_demo)
 
 

@@ -20,7 +20,7 @@ import torch
 from .config import TrainConfig
 from .files import atomic_write_text
 from .progress import Progress
-from .toyworld import TOY_CHECKPOINT
+from .toyworld import DEMO_STEPS, TOY_CHECKPOINT
 from .toyworld.subject import CLASS_PROMPT, EVALUATION_PROMPTS, INSTANCE_PROMPT, SUBJECT, write_instance_images
 
 GRID_PROMPTS = (*EVALUATION_PROMPTS[:2], CLASS_PROMPT)
@@ -29,12 +29,19 @@ TOY_WORLD_NOTE = ("The models are the toy world's (trainers/toyworld): a small t
                   "taught the model the subject; they say nothing about pictures from a real Stable Diffusion model.")
 
 
-def demo_config(out_dir: Path, base: Path, images: Path, steps: int) -> TrainConfig:
-    """DreamBooth-LoRA with prior preservation, sized for the toy model (64 px, a minute or two of CPU)."""
+def demo_config(out_dir: Path, base: Path, images: Path, steps: int = DEMO_STEPS) -> TrainConfig:
+    """DreamBooth-LoRA with prior preservation, sized for the toy model (64 px, about two minutes of one core).
+
+    Chosen by measuring CLIP-I over three training seeds (docs/toyworld.md): min-SNR weighting (gamma 5)
+    makes the run learn what the subject looks like (colours and outline, decided at the noisy timesteps)
+    rather than mostly the fine texture the low-noise timesteps reward; a text-encoder LoRA gives the new
+    word "sks" a meaning; batches of 4 steady a run on five pictures. Without any of the three, CLIP-I
+    rose above the base model's in some seeds only.
+    """
     config = TrainConfig(method="dreambooth_lora", base=str(base), images=str(images), instance_prompt=INSTANCE_PROMPT,
                          output=str(out_dir / "sks_heart_lora.safetensors"), output_dir=str(out_dir / "run"),
-                         device="auto", seed=0, steps=steps, batch_size=2, learning_rate=3e-3,
-                         save_every=max(1, steps // 2))
+                         device="auto", seed=0, steps=steps, batch_size=4, learning_rate=3e-3,
+                         save_every=max(1, steps // 2), min_snr_gamma=5.0)
     config.data.resolution = 64
     config.data.flip = True
     config.prior.class_prompt = CLASS_PROMPT
@@ -43,13 +50,14 @@ def demo_config(out_dir: Path, base: Path, images: Path, steps: int) -> TrainCon
     config.lora.rank = 8
     config.lora.alpha = 8.0
     config.lora.unet_targets = ("attention", "conv")
+    config.lora.text_encoder = True
     config.sample.every = max(1, steps // 2)
     config.sample.steps = 20
     config.sample.prompts = list(GRID_PROMPTS[:2])
     return config
 
 
-def run_demo(out_dir: str | Path = "outputs/demo", steps: int = 200, progress: Progress | None = None) -> dict:
+def run_demo(out_dir: str | Path = "outputs/demo", steps: int = DEMO_STEPS, progress: Progress | None = None) -> dict:
     """Train the toy subject, compare base vs tuned; return (and write) the summary.
 
     Runs with one CPU thread: the toy model's tensors are so small that synchronising threads costs

@@ -8,3 +8,4 @@ JUDGE_NAME = "clip_judge"
 WEIGHTS = Path(__file__).with_name("weights")
 TOY_CHECKPOINT = WEIGHTS / CHECKPOINT_NAME
 TOY_JUDGE = WEIGHTS / JUDGE_NAME
+DEMO_STEPS = 400  # training steps of `python -m trainers demo` (here so the CLI declares it without importing torch)
