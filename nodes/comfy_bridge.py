@@ -7,16 +7,17 @@ without ComfyUI) stays cheap and never fails.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, NoReturn
+from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, TypeVar
 
 import torch
 
-from ..trainers.errors import BoothError
+from ..trainers.errors import BoothError, describe_os_error
 from ..trainers.files import check_file_name
 from ..trainers.progress import Progress
 from . import ui
@@ -26,6 +27,23 @@ if TYPE_CHECKING:
 
 PROGRESS_EVENT = "booth.progress"
 _SAFE_NAME = re.compile(r"[^\w\-. ]+", re.UNICODE)
+Entry = TypeVar("Entry", bound=Callable)
+
+
+def reports_user_errors(entry: Entry) -> Entry:
+    """Wrap a node's entry function (its FUNCTION): ComfyUI shows a node's exception message to the
+    user, so a file problem no Booth check foresaw is raised as the one line the command line would
+    print (a BoothError naming the file and the fix; the OSError stays attached as its cause for the
+    console log). A BoothError already says it; anything else is a bug and propagates unchanged."""
+
+    @functools.wraps(entry)
+    def run(*args, **kwargs):
+        try:
+            return entry(*args, **kwargs)
+        except OSError as error:
+            raise BoothError(describe_os_error(error)) from error
+
+    return run  # type: ignore[return-value]
 
 
 def tokenizer_dir() -> str | None:

@@ -72,6 +72,7 @@ class TrainDreamBooth:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @comfy_bridge.reports_user_errors
     def train(self, model, clip, vae, dataset: InstanceImages, checkpoint_name, prior_preservation,
               train_text_encoder_steps=0, use_ema=False, ema_decay=0.999, optimizer="adamw", save_dtype="fp16",
               extract_lora_rank=0, overwrite=False, unique_id=None, **widgets):

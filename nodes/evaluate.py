@@ -84,6 +84,7 @@ class CLIPScore:
             },
         }
 
+    @comfy_bridge.reports_user_errors
     def score(self, images, prompts, identifiers, clip_model, reference_images=None, dino_model=""):
         from ..trainers.evaluate.metrics import Judges
         from ..trainers.evaluate.models import load_clip, load_dino
@@ -190,6 +191,7 @@ class CompareModels:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @comfy_bridge.reports_user_errors
     def compare(self, ckpt_name, variants, include_base, subject, identifiers, prompts, prompt_count, live_subject,
                 seeds, steps, cfg, scheduler, width, height, report_name, instance_images="", negative_prompt="",
                 clip_model="", dino_model="", unique_id=None):

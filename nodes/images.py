@@ -60,6 +60,7 @@ class LoadInstanceImages:
             },
         }
 
+    @comfy_bridge.reports_user_errors
     def load(self, folder, instance_prompt, resolution, crop, aspect_buckets, flip, repeats, images=None):
         data = DataConfig(resolution=resolution, crop=crop, buckets=aspect_buckets, flip=flip, repeats=repeats)
         if images is not None:

@@ -113,6 +113,7 @@ class MergeLoRA:
             },
         }
 
+    @comfy_bridge.reports_user_errors
     def merge(self, model, clip, skip_unknown=False, save_checkpoint=False, vae=None, checkpoint_name="booth_merged",
               dtype="fp16", overwrite=False, **slots):
         import comfy.sd
@@ -184,6 +185,7 @@ class CombineLoRAs:
             },
         }
 
+    @comfy_bridge.reports_user_errors
     def combine(self, lora_name, rank, dtype="fp16", overwrite=False, **slots):
         from ..trainers.checkpoint.writer import parse_dtype
         from ..trainers.lora.layouts import save_lora_file

@@ -223,6 +223,7 @@ class TrainLoRA:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @comfy_bridge.reports_user_errors
     def train(self, model, clip, vae, dataset: InstanceImages, lora_name, method, rank, alpha,
               train_text_encoder=False, targets="attention", overwrite=False, unique_id=None, **widgets):
         """Train, save the LoRA into models/loras, and return the graph's MODEL/CLIP with it applied

@@ -42,7 +42,7 @@ class Case:
     expect: list[str]  # pieces of the one error line
     code: int = 2
     posix_bytes: bool = False  # needs non-UTF-8 file names (POSIX file systems)
-    permissions: bool = False  # needs file permissions that bind (not root)
+    permissions: bool = False  # needs file modes that bind: run where root's overrides are dropped
     untouched: list[Path] = field(default_factory=list)  # files whose bytes must not change
 
 

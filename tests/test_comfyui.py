@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from comfy_checkout import COMFYUI, IS_CHECKOUT, SKIP_REASON, comfy_python
 from comfy_probe import RESULT_PREFIX
+from file_systems import read_only_folder
 from trainers.checkpoint.components import SDComponents
 from trainers.checkpoint.convert import convert_checkpoint
 from trainers.checkpoint.families import FAMILIES, architecture
@@ -316,6 +317,23 @@ def test_train_node_refuses_an_existing_lora_name_without_overwrite(lora_trained
     assert "overwrite" in again["error"]
     assert again["hook_calls"] == []  # refused before any training step
     assert again["file"]["sha256"] == report["train"]["file"]["sha256"]
+
+
+def test_train_node_with_a_read_only_loras_folder_fails_before_training_and_leaves_nothing(full_sd15, tmp_path):
+    """models/loras on a read-only file system (as root; mode 555 otherwise): the node raises the
+    one line naming the folder and the fix before it copies the model or takes a step, and writes
+    nothing: no LoRA, no work folder, no temporary file."""
+    loras = tmp_path / "loras"
+    with read_only_folder(loras) as reason:
+        report = run_train_node(full_sd15, tmp_path, "--method", "lora")
+        assert report["loras"] == [] and list(loras.iterdir()) == []
+    run = report["train"]
+    assert run["error_type"] == "BoothError"
+    assert run["error"] == (f"Cannot write to {loras} (the folder of output {LORA_NAME}.safetensors): {reason}. "
+                            "Choose a folder you can write to, or free space there.")
+    assert run["hook_calls"] == [] and not run["interrupted_flag_after"]
+    assert list((tmp_path / "output").rglob("*")) == [] and report["leftover_temp_files"] == []
+    assert memory_left_behind(run) < LEFT_BEHIND_LIMIT
 
 
 @pytest.mark.parametrize("cancel_by", ["flag", "hook"])

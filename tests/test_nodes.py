@@ -149,6 +149,44 @@ def test_load_instance_images_errors_name_the_widget(pack, tmp_path):
         node.load("  ", "a photo of sks dog", 64, "center", False, False, 1)
 
 
+def test_every_node_runs_inside_the_user_error_wrapper(pack):
+    """Each registered node's entry function (its FUNCTION) is the one wrapper of comfy_bridge, so no
+    node can let a raw OSError reach ComfyUI's error dialog."""
+    bridge = sys.modules["booth_pack_under_test.nodes.comfy_bridge"]
+    wrapper_code = bridge.reports_user_errors(lambda: None).__code__
+    unwrapped = [key for key, cls in pack.NODE_CLASS_MAPPINGS.items()
+                 if getattr(cls, cls.FUNCTION).__code__ is not wrapper_code]
+    assert unwrapped == []
+
+
+def test_a_file_problem_no_check_foresaw_is_one_clear_node_message(pack, tmp_path):
+    """A folder name longer than the file system allows: the operating system refuses it
+    (ENAMETOOLONG) and no Booth check names it; the node raises the command line's one line, not
+    the raw OSError, and keeps the OSError as the cause for ComfyUI's console log."""
+    BoothError = sys.modules["booth_pack_under_test.trainers.errors"].BoothError
+    node = pack.NODE_CLASS_MAPPINGS["BoothLoadInstanceImages"]()
+    folder = tmp_path / ("x" * 300)
+    with pytest.raises(BoothError) as raised:
+        node.load(str(folder), "a photo of sks dog", 64, "center", False, False, 1)
+    assert str(raised.value) == (f"{folder}: File name too long. Check that the path exists, is the right kind "
+                                 "(file or folder), can be read and written by you, and that the disk has space.")
+    assert isinstance(raised.value.__cause__, OSError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bug_in_a_node_is_not_disguised_as_a_user_error(pack):
+    """Only what a user can fix becomes a message; any other exception reaches ComfyUI as itself."""
+    bridge = sys.modules["booth_pack_under_test.nodes.comfy_bridge"]
+    bug = KeyError("missing")
+
+    def broken():
+        raise bug
+
+    with pytest.raises(KeyError) as raised:
+        bridge.reports_user_errors(broken)()
+    assert raised.value is bug
+
+
 def test_sample_event_carries_a_small_jpeg_of_the_first_sample(pack):
     ui = importlib.import_module("booth_pack_under_test.nodes.ui")
     generator = torch.Generator().manual_seed(0)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from file_systems import read_only_folder, tmpfs
 from trainers.cli import main
 from trainers.config import TrainConfig, apply_overrides
 from trainers.errors import BoothError
@@ -145,17 +145,15 @@ def test_folder_that_is_a_file_is_named_before_loading(setting, tmp_path, images
     assert code == 2 and f"{blocker} is a file. Choose a folder path." in err, err
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="permissions do not bind root")
 def test_read_only_output_folder_is_refused_before_loading(tmp_path, images, capsys):
+    """A read-only folder (a read-only file system as root, mode 555 otherwise) is named before the
+    missing base is even looked at, and nothing is written into it."""
     folder = tmp_path / "read only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
+    with read_only_folder(folder) as reason:
         code, err = run_cli(cli(tmp_path / "missing.safetensors", images, tmp_path / "run",
                                 "--out", str(folder / "x.safetensors")), capsys)
-    finally:
-        folder.chmod(0o755)
-    assert code == 2 and f"Cannot write to {folder}" in err and "Permission denied" in err, err
+        assert code == 2 and f"Cannot write to {folder} (the folder of output x.safetensors): {reason}." in err, err
+        assert list(folder.iterdir()) == []
 
 
 class BreakOutputFolderAtEnd(Progress):
@@ -193,16 +191,9 @@ def test_failed_final_save_keeps_the_trained_weights_and_says_where(tmp_path, im
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 64 KiB file system (tmpfs), filled to 8 KiB free; skipped where it cannot be mounted."""
-    mount = tmp_path / "small disk"
-    mount.mkdir()
-    if os.name != "posix" or os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("needs root and tmpfs to make a small disk")
-    try:
+    with tmpfs(tmp_path / "small disk", "size=64k") as mount:
         (mount / "fill").write_bytes(bytes(56 * 1024))
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_full_disk_at_the_final_save_keeps_the_weights(tmp_path, images, tiny_checkpoint, small_disk, capsys):

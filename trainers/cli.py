@@ -9,7 +9,7 @@ import os
 import sys
 
 from .bench import add_commands as add_bench_commands
-from .errors import BoothError
+from .errors import BoothError, describe_os_error
 from .evaluate.commands import add_commands as add_evaluate_commands
 from .formatting import format_size
 from .lora_commands import add_commands as add_lora_commands
@@ -234,13 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def describe_os_error(error: OSError) -> str:
-    """The last line of defence for a file problem no check caught: name the file and the fix."""
-    where = f"{error.filename}: " if error.filename else ""
-    return (f"{where}{error.strerror or error}. Check that the path exists, is the right kind (file or folder), "
-            "can be read and written by you, and that the disk has space.")
 
 
 def _quiet_libraries() -> None:
