@@ -352,7 +352,7 @@ def test_cancel_stops_after_the_step_saves_a_complete_lora_and_raises_interrupt(
     work = root / "output" / "booth" / Path(run["lora_name"]).stem
     with open(work / "losses.csv") as handle:
         assert [row["step"] for row in csv.DictReader(handle)] == ["1"]
-    assert (work / "state.pt").is_file()  # a stopped run keeps its resumable state
+    assert not (work / "state.pt").exists()  # the node cannot resume, so it keeps no state that claims it could
 
     assert memory_left_behind(run) < LEFT_BEHIND_LIMIT  # while the exception is still held
     assert report["leftover_temp_files"] == []
