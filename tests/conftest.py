@@ -17,6 +17,31 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 FAMILIES = ("sd15", "sd2", "sdxl")
 
 
+@pytest.fixture
+def keep_signal_handlers():
+    """The CLI installs SIGINT/SIGTERM handlers for its run; give pytest its own back afterwards."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.fixture
+def noise_images(tmp_path) -> Path:
+    """A folder of two 64 px noise pictures: enough for a training run to start."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(2):
+        pixels = np.random.default_rng(index).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index}.png")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models are all overhead: one intra-op thread is several times faster than two on 2 cores."""

@@ -11,7 +11,6 @@ import sys
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -40,13 +39,8 @@ def strip_png(width: int, height: int) -> bytes:
 
 
 @pytest.fixture
-def images(tmp_path) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for index in range(2):
-        pixels = np.random.default_rng(index).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{index}.png")
-    return folder
+def images(noise_images) -> Path:
+    return noise_images
 
 
 def test_a_strip_image_is_refused_from_its_header(images):

@@ -18,7 +18,7 @@ from trainers.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "keep_signal_handlers")
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,6 @@ def _names() -> list[str]:
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Case"
             and isinstance(node.args[0], ast.Constant)]
 
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 @pytest.mark.parametrize("name", _names())

@@ -6,10 +6,8 @@ another run. Real tiny checkpoints, real image folders, the real command line an
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -25,26 +23,13 @@ from trainers.train.state import load_state
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a photo of sks star"
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "keep_signal_handlers")
 
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers():
-    """The CLI installs SIGINT/SIGTERM handlers for its run; give pytest its own back afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 @pytest.fixture
-def images(tmp_path) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for index in range(2):
-        pixels = np.random.default_rng(index).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{index}.png")
-    return folder
+def images(noise_images) -> Path:
+    return noise_images
 
 
 def config(tmp_path: Path, base: Path, *overrides: str) -> TrainConfig:

@@ -46,16 +46,8 @@ PROMPT = "a photo of sks star"
 COMFY_MODEL_SUFFIXES = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "keep_signal_handlers")
 
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers():
-    """The CLI installs SIGINT/SIGTERM handlers for its run; give pytest its own back afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def solid(size: tuple[int, int], colour, mode: str = "RGB") -> Image.Image:
