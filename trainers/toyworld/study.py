@@ -20,10 +20,10 @@ from ..errors import BoothError
 from ..files import atomic_write_text
 from ..formatting import format_size
 from ..progress import Progress
-from . import TOY_CHECKPOINT
+from . import DEMO_STEPS, TOY_CHECKPOINT
 from .subject import INSTANCE_PROMPT, write_instance_images
 
-STEPS = 200
+STEPS = DEMO_STEPS
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def study_runs() -> list[StudyRun]:
                StudyRun("dreambooth_no_prior", "dreambooth", "methods", prior=False),
                StudyRun("dreambooth_lora", "dreambooth_lora", "methods"),
                StudyRun("dreambooth_lora_no_prior", "dreambooth_lora", "methods", prior=False)]
-    steps = [StudyRun(f"dreambooth_lora_{n}_steps", "dreambooth_lora", "train_steps", steps=n) for n in (50, 100, 400)]
+    steps = [StudyRun(f"dreambooth_lora_{n}_steps", "dreambooth_lora", "train_steps", steps=n) for n in (100, 200)]
     rates = [StudyRun(f"dreambooth_lora_lr_{lr:g}", "dreambooth_lora", "learning_rate", learning_rate=lr)
              for lr in (1e-3, 1e-2)]
     text = [StudyRun(f"dreambooth_text_encoder_{n}", "dreambooth", "text_encoder_steps", text_encoder_steps=n)
