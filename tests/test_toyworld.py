@@ -83,3 +83,23 @@ def test_the_shipped_toy_model_is_a_toy_variant_sd15_checkpoint():
     assert (found.family, found.variant, found.prediction_type) == ("sd15", "toy", "epsilon")
     assert "toy world" in metadata["booth.toy_world"]
     assert json.loads((TOY_JUDGE / "config.json").read_text())["model_type"] == "clip"
+
+
+def test_the_study_retrains_a_run_whose_settings_changed(tmp_path):
+    from dataclasses import replace
+
+    from trainers.config import save_config
+    from trainers.toyworld.study import StudyRun, run_config, trained_with
+
+    run = StudyRun("lora", "lora", "methods", prior=False)
+    config = run_config(run, tmp_path, tmp_path / "images")
+    model = tmp_path / "models" / "lora.safetensors"
+    assert config.output == str(model)
+    model.parent.mkdir()
+    model.write_bytes(b"a model from an earlier study")
+    assert not trained_with(config, tmp_path)  # no record of how it was trained
+    save_config(config, tmp_path / "configs" / "lora.yaml")
+    assert trained_with(config, tmp_path)
+    assert not trained_with(run_config(replace(run, learning_rate=1e-2), tmp_path, tmp_path / "images"), tmp_path)
+    model.unlink()
+    assert not trained_with(config, tmp_path)

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..config import save_config
+from ..config import dump_config, save_config
 from ..errors import BoothError
 from ..files import atomic_write_text
 from ..formatting import format_size
@@ -58,7 +58,7 @@ def study_runs() -> list[StudyRun]:
     return methods + steps + rates + text
 
 
-def _config(run: StudyRun, root: Path, images: Path):
+def run_config(run: StudyRun, root: Path, images: Path):
     from ..demo import demo_config
 
     config = demo_config(root / "runs" / run.name, TOY_CHECKPOINT, images, run.steps)
@@ -73,11 +73,22 @@ def _config(run: StudyRun, root: Path, images: Path):
     return config
 
 
+def _config_file(config, root: Path) -> Path:
+    return root / "configs" / f"{Path(config.output).stem}.yaml"
+
+
+def trained_with(config, root: Path) -> bool:
+    """Whether the run's model file exists and was trained with exactly these settings (a study rerun
+    after the recipe changed must retrain, not report the old models under the new settings)."""
+    file = _config_file(config, root)
+    return Path(config.output).is_file() and file.is_file() and file.read_text(encoding="utf-8") == dump_config(config)
+
+
 def _train_in_process(config, root: Path, progress: Progress) -> Path:
     """``python -m trainers train`` on a saved YAML; the output file carries time and peak memory."""
-    yaml_file = save_config(config, root / "configs" / f"{Path(config.output).stem}.yaml")
-    done = subprocess.run([sys.executable, "-m", "trainers", "train", str(yaml_file), "--log-every", "0"],
-                          capture_output=True, text=True)
+    yaml_file = save_config(config, _config_file(config, root))
+    done = subprocess.run([sys.executable, "-m", "trainers", "train", str(yaml_file), "--log-every", "0",
+                           "--overwrite"], capture_output=True, text=True)
     if done.returncode != 0:
         raise BoothError(f"Study run {yaml_file} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
     progress.on_message(done.stdout.strip().splitlines()[-1])
@@ -104,9 +115,9 @@ def run_study(out_dir: str | Path = "outputs/study", progress: Progress | None =
         if progress.should_stop():
             raise BoothError(f"Study stopped after {index - 1} runs.")
         progress.on_message(f"[{index}/{len(runs)}] {run.name}")
-        config = _config(run, root, images)
+        config = run_config(run, root, images)
         output = Path(config.output)
-        if not output.exists():
+        if not trained_with(config, root):
             _train_in_process(config, root, progress)
         if run.method == "dreambooth":
             model = load_components(output)
